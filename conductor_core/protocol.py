@@ -1,0 +1,234 @@
+"""Version 1 of the surface <-> conductor protocol: msgspec Structs, one tagged union per direction.
+
+The tag field is ``type``. Unknown fields are ignored, so newer peers interoperate with older
+ones: new fields always get defaults and existing annotations never change (the schema-evolution
+rules of docs/protocol.md). Codecs are built once at import; call :func:`decode_client` and
+:func:`encode` rather than building encoders per message.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from .errors import BadMessage, ErrorCode
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "SUPPORTED_VERSIONS",
+    "Cancel",
+    "Chat",
+    "ClientMessage",
+    "ClientPing",
+    "ClientPong",
+    "Codec",
+    "Done",
+    "Error",
+    "HistoryMessage",
+    "HistoryReply",
+    "HistoryRequest",
+    "Hello",
+    "ModelInfo",
+    "ModelsReply",
+    "ModelsRequest",
+    "ServerMessage",
+    "ServerPing",
+    "ServerPong",
+    "State",
+    "Stats",
+    "StatusReply",
+    "StatusRequest",
+    "Token",
+    "Welcome",
+    "decode_client",
+    "decode_server",
+    "encode",
+]
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+
+Codec = Literal["msgpack", "json"]
+
+
+class _Msg(msgspec.Struct, tag_field="type", omit_defaults=True):
+    pass
+
+
+# ---------------------------------------------------------------- surface -> conductor
+
+
+class Hello(_Msg, tag="hello"):
+    protocol: int
+    surface: str = "unknown"
+    token: str | None = None
+    capabilities: list[str] = []
+
+
+class Chat(_Msg, tag="chat"):
+    id: str
+    content: str
+    conversation: str = "default"
+    model: str | None = None
+    options: dict[str, Any] | None = None
+    system: str | None = None  # sets the conversation's system prompt from this turn on
+
+
+class Cancel(_Msg, tag="cancel"):
+    id: str
+
+
+class ClientPing(_Msg, tag="ping"):
+    seq: int = 0
+
+
+class ClientPong(_Msg, tag="pong"):
+    seq: int = 0
+
+
+class ModelsRequest(_Msg, tag="models"):
+    pass
+
+
+class StatusRequest(_Msg, tag="status"):
+    pass
+
+
+class HistoryRequest(_Msg, tag="history"):
+    conversation: str = "default"
+
+
+ClientMessage = (
+    Hello | Chat | Cancel | ClientPing | ClientPong | ModelsRequest | StatusRequest | HistoryRequest
+)
+
+# ---------------------------------------------------------------- conductor -> surface
+
+
+class Welcome(_Msg, tag="welcome"):
+    session: str
+    protocol: int
+    server_version: str
+    models: list[str] = []
+    default_model: str | None = None
+
+
+class Token(_Msg, tag="token"):
+    id: str
+    text: str
+
+
+class Stats(msgspec.Struct, omit_defaults=True):
+    backend: str
+    model: str
+    ttft_ms: float
+    tokens: int
+    tokens_per_s: float
+    finish_reason: str
+    load_ms: float | None = None
+    attempts: int = 1
+
+
+class Done(_Msg, tag="done"):
+    id: str
+    stats: Stats
+
+
+class Error(_Msg, tag="error"):
+    code: ErrorCode
+    message: str
+    retryable: bool = False
+    id: str | None = None
+    retry_after_ms: int | None = None
+
+
+class ServerPing(_Msg, tag="ping"):
+    seq: int = 0
+
+
+class ServerPong(_Msg, tag="pong"):
+    seq: int = 0
+
+
+class ModelInfo(msgspec.Struct, omit_defaults=True):
+    name: str
+    backend: str
+    loaded: bool | None = None
+
+
+class ModelsReply(_Msg, tag="models"):
+    models: list[ModelInfo]
+
+
+class StatusReply(_Msg, tag="status"):
+    server_version: str
+    uptime_s: float
+    sessions: int
+    active_chats: int
+    backends: dict[str, dict[str, Any]]
+    router: str
+    transports: list[str]
+
+
+class HistoryMessage(msgspec.Struct, omit_defaults=True):
+    role: str
+    content: str
+    interrupted: bool = False
+
+
+class HistoryReply(_Msg, tag="history"):
+    conversation: str
+    messages: list[HistoryMessage]
+
+
+class State(_Msg, tag="state"):
+    """Reply phase, sent only to surfaces that list ``state`` in ``hello.capabilities``."""
+
+    id: str
+    phase: Literal["waiting", "streaming", "idle", "error"]
+
+
+ServerMessage = (
+    Welcome
+    | Token
+    | Done
+    | Error
+    | ServerPing
+    | ServerPong
+    | ModelsReply
+    | StatusReply
+    | HistoryReply
+    | State
+)
+
+# ---------------------------------------------------------------- codecs (built once)
+
+_encoders = {"msgpack": msgspec.msgpack.Encoder(), "json": msgspec.json.Encoder()}
+_client_decoders = {
+    "msgpack": msgspec.msgpack.Decoder(ClientMessage),
+    "json": msgspec.json.Decoder(ClientMessage),
+}
+_server_decoders = {
+    "msgpack": msgspec.msgpack.Decoder(ServerMessage),
+    "json": msgspec.json.Decoder(ServerMessage),
+}
+
+
+def encode(message: Any, codec: Codec = "msgpack") -> bytes:
+    return _encoders[codec].encode(message)
+
+
+def decode_client(data: bytes, codec: Codec = "msgpack") -> ClientMessage:
+    """Decode one surface message or raise :class:`BadMessage` saying what was wrong and where."""
+    try:
+        return _client_decoders[codec].decode(data)
+    except msgspec.ValidationError as exc:
+        raise BadMessage(f"invalid message: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise BadMessage(f"undecodable {codec} payload: {exc}") from exc
+
+
+def decode_server(data: bytes, codec: Codec = "msgpack") -> ServerMessage:
+    """Decode one conductor message (used by clients); raises ``msgspec.DecodeError``."""
+    return _server_decoders[codec].decode(data)

