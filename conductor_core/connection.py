@@ -267,7 +267,9 @@ class Connection:
             if not msg.id:
                 raise BadMessage("chat.id must be a non-empty string")
             if msg.id in self.chats:
-                raise BadMessage(f"chat id {msg.id!r} is already streaming on this connection; use a new id")
+                # no id on this error: it must not end the chat that owns the id
+                self.send_error(BadMessage(f"chat id {msg.id!r} is already streaming on this connection; use a new id"))
+                return
             if len(msg.content) > self.limits.max_content_chars:
                 raise BadMessage(f"chat.content is longer than {self.limits.max_content_chars} characters")
             if self.conductor.stopping.is_set():

@@ -57,7 +57,8 @@ class FakeBackend:
     """A backend whose replies follow :class:`Script`s (queued per call, else the default).
 
     Counters: ``requests``, ``completed``, ``cancelled`` (the consumer stopped early), ``active``;
-    ``requests_seen`` keeps every :class:`ChatRequest`; ``cancelled_event`` is set on each cancel.
+    ``requests_seen`` keeps every :class:`ChatRequest`; ``cancelled_event`` / ``completed_event``
+    are set (then replaced) on each cancel / completion: grab one before acting, then wait on it.
     """
 
     def __init__(self, name: str = "fake", config: FakeConfig | None = None) -> None:
@@ -68,6 +69,7 @@ class FakeBackend:
         self.requests = self.completed = self.cancelled = self.active = 0
         self.requests_seen: list[ChatRequest] = []
         self.cancelled_event = anyio.Event()
+        self.completed_event = anyio.Event()
         self.started_event = anyio.Event()
         self.closed = False
         self.down = False
@@ -119,6 +121,8 @@ class FakeBackend:
                 yield token
             finished = True
             self.completed += 1
+            self.completed_event.set()
+            self.completed_event = anyio.Event()
             yield Finish(model, script.finish_reason, len(tokens), generation_s=time.perf_counter() - start)
         finally:
             self.active -= 1
