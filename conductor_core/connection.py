@@ -315,6 +315,7 @@ class Connection:
                         reply=reply,
                         started_at=started,
                         on_first_token=first,
+                        conversation_key=f"{self.session.id}/{conv.name}",
                     )
                     self.outbox.put(Done(msg.id, stats))
                 except OutboxOverflow as exc:

@@ -13,8 +13,18 @@ import time
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from .backends import ChatRequest, Finish
-from .errors import BackendError, BackendUnavailable, ConductorError, ModelNotFound, StreamFailed, UnknownModel
+from .errors import (
+    BackendError,
+    BackendUnavailable,
+    ConductorError,
+    ModelNotFound,
+    Overloaded,
+    StreamFailed,
+    UnknownModel,
+)
 from .protocol import Stats
 from .routing import Outcome, Router
 
@@ -57,9 +67,10 @@ async def relay_chat(
     reply: Reply,
     started_at: float,
     on_first_token=None,
+    conversation_key: str | None = None,
 ) -> Stats:
     """Stream one reply into ``outbox``; returns the stats or raises a ConductorError."""
-    candidates = router.candidates(request.model, catalog)
+    candidates = router.candidates(request.model, catalog, conversation_key)
     if not candidates:
         known = sorted({m for models in catalog.values() if models for m in models})
         raise UnknownModel(
@@ -70,11 +81,12 @@ async def relay_chat(
     parts = reply.parts
     last_error: BaseException | None = None
     attempts = 0
-    for backend in candidates[:MAX_ATTEMPTS]:
+    for backend, model in candidates[:MAX_ATTEMPTS]:
         attempts += 1
         finish: Finish | None = None
+        attempt_request = request if model == request.model else msgspec.structs.replace(request, model=model)
         try:
-            async with aclosing(backend.chat(request)) as stream:
+            async with router.attempt(backend), aclosing(backend.chat(attempt_request)) as stream:
                 async for item in stream:
                     if type(item) is str:
                         if not item:
@@ -88,6 +100,9 @@ async def relay_chat(
                     else:
                         finish = item
         except ConductorError as exc:
+            if isinstance(exc, Overloaded) and not isinstance(exc, BackendError):
+                last_error = exc  # this backend is full: try the next one
+                continue
             if isinstance(exc, BackendError) and exc.backend is None:
                 exc.backend = backend.name
             router.report(Outcome(backend.name, request.model, exc, first_token_sent=bool(parts)))

@@ -9,6 +9,7 @@ drops backends known not to serve the model.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 import msgspec
@@ -31,15 +32,29 @@ class Outcome(msgspec.Struct):
 
 
 class Router(Protocol):
+    """Chooses backends per request. Called once per request, never per token."""
+
     name: str
 
     def candidates(
-        self, model: str | None, catalog: Mapping[str, list[str] | None], conversation_key: str | None = None
-    ) -> list[Backend]:
-        """Backends to try, best first. ``catalog[b]`` is b's model list, None when unknown."""
+        self,
+        model: str | None,
+        catalog: Mapping[str, list[str] | None],
+        conversation_key: str | None = None,
+    ) -> list[tuple[Backend, str | None]]:
+        """``(backend, model name for that backend)`` pairs to try, best first. ``catalog[b]``
+        is backend b's model list, None when not known yet. ``conversation_key`` identifies
+        the session's conversation (for affinity)."""
         ...
 
-    def report(self, outcome: Outcome) -> None: ...
+    def attempt(self, backend: Backend) -> AbstractAsyncContextManager[None]:
+        """Entered around each attempt on ``backend``: may wait for a free slot or raise
+        :class:`~conductor_core.errors.Overloaded` (concurrency caps)."""
+        ...
+
+    def report(self, outcome: Outcome) -> None:
+        """Told how each attempt went, so the router can learn."""
+        ...
 
 
 def _bare(name: str) -> str:
@@ -76,13 +91,27 @@ class PriorityRouter:
         for backend in self.backends:
             verdict = serves(catalog.get(backend.name), model)
             if verdict:
-                known.append(backend)
+                known.append((backend, model))
             elif verdict is None:
-                unknown.append(backend)
+                unknown.append((backend, model))
         return known + unknown
+
+    def attempt(self, backend: Backend) -> AbstractAsyncContextManager[None]:
+        return _NO_LIMIT
 
     def report(self, outcome: Outcome) -> None:
         pass
+
+
+class _NoLimit:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_LIMIT = _NoLimit()
 
 
 @hookimpl
