@@ -83,9 +83,9 @@ class Conductor:
                 await self._call_lifecycle("conductor_startup")
                 for transport in self.transports.values():
                     await tg.start(transport.serve, self)
-                for backend in self.backends.values():
-                    if hasattr(backend, "run"):
-                        tg.start_soon(backend.run)
+                for component in (*self.backends.values(), self.router):
+                    if hasattr(component, "run"):  # background work: warm-up, probes
+                        tg.start_soon(component.run)
                 tg.start_soon(self.refresh_catalog)
                 self.log.info(
                     "conductor %s serving: backends %s; transports %s",
@@ -181,6 +181,12 @@ class Conductor:
                 except Exception as exc:
                     entry["status_error"] = str(exc)
             backends[name] = entry
+        if hasattr(self.router, "status"):  # the router's view: health, breaker, in flight
+            try:
+                for name, view in self.router.status().items():
+                    backends.setdefault(name, {}).update(view)
+            except Exception as exc:
+                self.log.warning("router status failed: %s", exc)
         return StatusReply(
             server_version=self.version,
             uptime_s=round(time.monotonic() - self.started_at, 3),
