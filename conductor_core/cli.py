@@ -159,13 +159,16 @@ def show_config(config_path, as_json):
     import msgspec
 
     from .config import ConfigError, redacted, resolve_components
-    from .plugins import get_registry
+    from .plugins import RegistrationError, get_registry
 
     config = _config_or_exit(config_path)
     try:
         specs = resolve_components(config, get_registry())
     except ConfigError as exc:
         click.echo(f"conductor: config error: {exc}", err=True)
+        sys.exit(2)
+    except RegistrationError as exc:
+        click.echo(f"conductor: plugin error: {exc}", err=True)
         sys.exit(2)
     data = msgspec.to_builtins(config)
     source = data.pop("source")

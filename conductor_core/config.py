@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -34,6 +35,12 @@ __all__ = [
 ]
 
 SECRET_KEYS = re.compile(r"(api_key|token|secret|password)$", re.IGNORECASE)
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+# Bounds that keep the kernel sane (a zero rate divides by zero, a zero heartbeat spins).
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class ConfigError(Exception):
@@ -41,21 +48,21 @@ class ConfigError(Exception):
 
 
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    max_frame_bytes: int = 1 << 20
-    max_pending_bytes: int = 1 << 20  # unsent output per connection before it is closed as too slow
-    messages_per_second: float = 100.0
-    message_burst: int = 50
-    max_chats_per_connection: int = 8
-    hello_timeout_s: float = 5.0
-    heartbeat_interval_s: float = 30.0
-    heartbeat_timeout_s: float = 10.0
-    heartbeat_misses: int = 3
-    max_content_chars: int = 1_000_000
+    max_frame_bytes: AtLeastOne = 1 << 20
+    max_pending_bytes: AtLeastOne = 1 << 20  # unsent output per connection before it is closed as too slow
+    messages_per_second: Positive = 100.0
+    message_burst: AtLeastOne = 50
+    max_chats_per_connection: AtLeastOne = 8
+    hello_timeout_s: Positive = 5.0
+    heartbeat_interval_s: Positive = 30.0
+    heartbeat_timeout_s: Positive = 10.0
+    heartbeat_misses: AtLeastOne = 3
+    max_content_chars: AtLeastOne = 1_000_000
 
 
 class HistoryConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    max_messages: int = 40  # history window sent to the backend (system prompt not counted)
-    max_conversations: int = 64  # per session
+    max_messages: NonNegative = 40  # history window sent to the backend (system prompt not counted)
+    max_conversations: AtLeastOne = 64  # per session
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):
@@ -84,13 +91,17 @@ ENV_OVERRIDES = {
 }
 
 
-def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+def find_config_file(
+    explicit: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None
+) -> Path | None:
+    """``explicit``, else ``$CONDUCTOR_CONFIG``, else the XDG file if it exists, else None."""
+    environ = os.environ if environ is None else environ
     if explicit:
         return Path(explicit)
-    env = os.environ.get("CONDUCTOR_CONFIG")
+    env = environ.get("CONDUCTOR_CONFIG")
     if env:
         return Path(env)
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    base = environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     candidate = Path(base) / "conductor" / "conductor.toml"
     return candidate if candidate.is_file() else None
 
@@ -122,10 +133,10 @@ def _fail(source: str, exc: msgspec.ValidationError, prefix: str = "") -> Config
     return ConfigError(f"{source}: {path or '(top level)'}: {message}")
 
 
-def load_config(path: str | os.PathLike[str] | None = None, *, environ: dict[str, str] | None = None) -> Config:
+def load_config(path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate the kernel's part of the configuration (sync: runs before the loop)."""
     environ = os.environ if environ is None else environ
-    file = find_config_file(path)
+    file = find_config_file(path, environ=environ)
     raw: dict[str, Any] = {}
     source = "built-in defaults"
     if file is not None:
@@ -143,18 +154,34 @@ def load_config(path: str | os.PathLike[str] | None = None, *, environ: dict[str
     for var, key in ENV_OVERRIDES.items():
         if environ.get(var):
             raw[key] = environ[var]
+    # msgspec reports a bad value inside a dict as `backends[...]`; check the tables first so
+    # the message can name the instance.
+    for kind in ("backends", "transports"):
+        tables = raw.get(kind)
+        if isinstance(tables, dict):
+            for name, table in tables.items():
+                if not isinstance(table, dict):
+                    raise ConfigError(
+                        f"{source}: {kind}.{name}: expected a table ([{kind}.{name}]), got {_toml_type(table)}"
+                    )
     try:
         config = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
         raise _fail(source, exc) from None
     config.source = source
-    for kind in ("backends", "transports"):
-        for name, table in getattr(config, kind).items():
-            if not isinstance(table, dict):
-                raise ConfigError(f"{source}: {kind}.{name}: expected a table")
     if config.shutdown_grace_s < 0:
         raise ConfigError(f"{source}: shutdown_grace_s: must be >= 0 seconds")
+    level = config.log_level.lower()
+    if level not in LOG_LEVELS:
+        where = f"{source} ($CONDUCTOR_LOG_LEVEL)" if environ.get("CONDUCTOR_LOG_LEVEL") else source
+        raise ConfigError(f"{where}: log_level: expected one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}")
+    config.log_level = level
     return config
+
+
+def _toml_type(value: Any) -> str:
+    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a float", list: "an array"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _defaults(registry: Registry, kind: str) -> dict[str, dict[str, Any]]:

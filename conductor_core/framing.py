@@ -13,7 +13,7 @@ import struct
 
 from .errors import TooLarge
 
-__all__ = ["HEADER_SIZE", "FrameDecoder", "encode_frame"]
+__all__ = ["FrameDecoder", "HEADER_SIZE", "encode_frame"]
 
 HEADER_SIZE = 4
 _HEADER = struct.Struct(">I")

@@ -12,6 +12,7 @@ import importlib
 import importlib.metadata
 import logging
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -24,8 +25,8 @@ __all__ = [
     "BUILTIN_PLUGINS",
     "PluginInfo",
     "Registration",
-    "Registry",
     "RegistrationError",
+    "Registry",
     "get_plugins",
     "get_registry",
     "load_plugins",
@@ -78,11 +79,16 @@ class Registry(msgspec.Struct):
         return getattr(self, kind)
 
 
+def _normalize(name: str) -> str:
+    """Distribution names compare the way pip compares them: ``Conductor_Foo`` is ``conductor-foo``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _wanted() -> set[str] | None:
     raw = os.environ.get("CONDUCTOR_LOAD_PLUGINS")
     if raw is None:
         return None
-    return {name.strip() for name in raw.split(",") if name.strip()}
+    return {_normalize(name.strip()) for name in raw.split(",") if name.strip()}
 
 
 def load_plugins() -> None:
@@ -94,9 +100,13 @@ def load_plugins() -> None:
     for ep in importlib.metadata.entry_points(group="conductor"):
         dist = ep.dist.name if ep.dist else ep.value
         version = ep.dist.version if ep.dist else "?"
-        if wanted is not None and dist not in wanted and ep.name not in wanted:
+        if wanted is not None and _normalize(dist) not in wanted and _normalize(ep.name) not in wanted:
             continue
         if pm.get_plugin(ep.name) is not None:
+            other = _distributions.get(ep.name, (None,))[0]
+            if other is not None and other != dist:  # never drop a plugin silently
+                load_errors.append((dist, f"entry point name {ep.name!r} is already used by {other}"))
+                log.warning("plugin %s (%s) not loaded: the name is already used by %s", ep.name, dist, other)
             continue
         try:
             module = ep.load()
@@ -149,7 +159,15 @@ def get_registry() -> Registry:
         hook = getattr(pm.hook, f"conductor_register_{kind}")
         for impl in hook.get_hookimpls():
             register = _registrar(registry, kind, impl.plugin_name)
-            impl.function(**{arg: register for arg in impl.argnames})
+            try:
+                impl.function(**{arg: register for arg in impl.argnames})
+            except RegistrationError:
+                raise
+            except Exception as exc:  # a plugin bug is a start-up error that names the plugin
+                dist = _distributions.get(impl.plugin_name, (impl.plugin_name, "?"))[0]
+                raise RegistrationError(
+                    f"{dist}: conductor_register_{kind} failed: {type(exc).__name__}: {exc}"
+                ) from exc
     return registry
 
 

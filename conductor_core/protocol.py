@@ -12,11 +12,9 @@ from typing import Any, Literal
 
 import msgspec
 
-from .errors import BadMessage, ErrorCode
+from .errors import BadMessage
 
 __all__ = [
-    "PROTOCOL_VERSION",
-    "SUPPORTED_VERSIONS",
     "Cancel",
     "Chat",
     "ClientMessage",
@@ -25,13 +23,15 @@ __all__ = [
     "Codec",
     "Done",
     "Error",
+    "Hello",
     "HistoryMessage",
     "HistoryReply",
     "HistoryRequest",
-    "Hello",
     "ModelInfo",
     "ModelsReply",
     "ModelsRequest",
+    "PROTOCOL_VERSION",
+    "SUPPORTED_VERSIONS",
     "ServerMessage",
     "ServerPing",
     "ServerPong",
@@ -136,7 +136,8 @@ class Done(_Msg, tag="done"):
 
 
 class Error(_Msg, tag="error"):
-    code: ErrorCode
+    # str, not ErrorCode: a client must still decode an error whose code a newer server added
+    code: str
     message: str
     retryable: bool = False
     id: str | None = None
@@ -186,7 +187,7 @@ class State(_Msg, tag="state"):
     """Reply phase, sent only to surfaces that list ``state`` in ``hello.capabilities``."""
 
     id: str
-    phase: Literal["waiting", "streaming", "idle", "error"]
+    phase: str  # waiting | streaming | idle | error (str so new phases don't break old clients)
 
 
 ServerMessage = (
@@ -227,6 +228,8 @@ def decode_client(data: bytes, codec: Codec = "msgpack") -> ClientMessage:
         raise BadMessage(f"invalid message: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise BadMessage(f"undecodable {codec} payload: {exc}") from exc
+    except RecursionError as exc:  # msgspec's guard against deeply nested input
+        raise BadMessage(f"undecodable {codec} payload: nested too deeply") from exc
 
 
 def decode_server(data: bytes, codec: Codec = "msgpack") -> ServerMessage:
