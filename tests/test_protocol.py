@@ -269,7 +269,15 @@ def test_decode_server_raises_decode_error():
     with pytest.raises(msgspec.DecodeError):
         decode_server(b'{"type":"hello","protocol":1}', "json")
     with pytest.raises(msgspec.ValidationError, match=r"\$\.code"):
-        decode_server(b'{"type":"error","code":"nope","message":"m"}', "json")
+        decode_server(b'{"type":"error","code":7,"message":"m"}', "json")
+
+
+def test_client_decodes_error_codes_and_phases_a_newer_server_adds():
+    """Forward compatibility: an unknown code or phase must not make a whole message undecodable."""
+    error = decode_server(b'{"type":"error","code":"quota_exceeded","message":"m"}', "json")
+    assert error.code == "quota_exceeded"
+    state = decode_server(b'{"type":"state","id":"1","phase":"thinking_hard"}', "json")
+    assert state.phase == "thinking_hard"
 
 
 # ---------------------------------------------------------------- error codes and to_wire
