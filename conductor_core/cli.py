@@ -91,6 +91,7 @@ def serve(config_path, log_level):
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
     from .config import ConfigError
     from .kernel import Conductor
     from .plugins import RegistrationError, get_registry, load_errors
@@ -107,13 +108,21 @@ def serve(config_path, log_level):
         click.echo(f"conductor: warning: plugin {dist} failed to load: {error}", err=True)
     if not conductor.transports:
         click.echo("conductor: warning: no transport configured; nothing can connect", err=True)
+    from .errors import StartupError
     from .runner import run_until_signalled
 
     try:
         run_until_signalled(conductor)
-    except OSError as exc:
-        click.echo(f"conductor: {exc}", err=True)
+    except* (StartupError, OSError) as group:
+        first = _first_leaf(group)
+        click.echo(f"conductor: cannot start: {first}", err=True)
         sys.exit(1)
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 @cli.command()

@@ -27,6 +27,8 @@ traceback string may carry secrets or paths.
         ├── ModelNotFound            unknown_model
         ├── StreamFailed             backend_error       (failed after the stream started)
         └── BackendTimeout           backend_error       (also a TimeoutError)
+
+    StartupError                     (not sent to surfaces: a component cannot start)
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ __all__ = [
     "ProtocolViolation",
     "RateLimited",
     "ShuttingDown",
+    "StartupError",
     "StreamFailed",
     "TooLarge",
     "Unauthorized",
@@ -87,6 +90,11 @@ class ConductorError(Exception):
         super().__init__(message)
         self.message = message
         self.retry_after_ms = retry_after_ms
+
+
+class StartupError(Exception):
+    """A component cannot start (unsafe socket directory, port in use, another conductor
+    running). ``conductor serve`` prints the message as one line and exits 1."""
 
 
 class ProtocolViolation(ConductorError):
