@@ -23,6 +23,7 @@ import msgspec
 from .plugins import Registration, Registry
 
 __all__ = [
+    "AvatarConfig",
     "ComponentSpec",
     "Config",
     "ConfigError",
@@ -65,15 +66,27 @@ class HistoryConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_conversations: AtLeastOne = 64  # per session
 
 
+class AvatarConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``[avatar]``: the model's inline avatar commands and the sprite cache (docs/avatar.md)."""
+
+    enabled: bool = True  # parse and strip [PREFIX:...] tags from every reply
+    prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")] = "yolla"
+    max_commands_per_reply: NonNegative = 10
+    hold_back_chars: Annotated[int, msgspec.Meta(ge=8, le=1024)] = 64  # longest tag, brackets included
+    sprite_requests_per_minute: AtLeastOne = 120
+    cache: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "memory"})
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     default_model: str | None = None
     system_prompt: str | None = None
     shutdown_grace_s: float = 5.0
     backends: dict[str, dict[str, Any]] = {}
     transports: dict[str, dict[str, Any]] = {}
-    router: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "priority"})
+    router: dict[str, Any] | None = None  # None: the installed router with a default (lowest order), else priority
     limits: LimitsConfig = LimitsConfig()
     history: HistoryConfig = HistoryConfig()
+    avatar: AvatarConfig = AvatarConfig()
     log_level: str = "info"
     source: str = "built-in defaults"  # where this config came from (not a TOML key users set)
 
@@ -189,6 +202,13 @@ def _defaults(registry: Registry, kind: str) -> dict[str, dict[str, Any]]:
     return {r.type_name: {"type": r.type_name, **(r.default or {})} for r in regs}
 
 
+def _default_router(registry: Registry) -> dict[str, Any]:
+    """A router plugin that registers ``default=`` becomes the router when config names none
+    (installing conductor-router-health makes it the default, as its users expect)."""
+    defaults = _defaults(registry, "routers")
+    return next(iter(defaults.values()), {"type": "priority"})
+
+
 def resolve_components(config: Config, registry: Registry) -> dict[str, list[ComponentSpec]]:
     """Validate plugin sections against their registered types. Missing sections get defaults
     only when the whole config is the built-in default (a file means: exactly what it says)."""
@@ -196,7 +216,7 @@ def resolve_components(config: Config, registry: Registry) -> dict[str, list[Com
     sections = {
         "backends": config.backends or (_defaults(registry, "backends") if builtin else {}),
         "transports": config.transports or (_defaults(registry, "transports") if builtin else {}),
-        "routers": {"router": config.router},
+        "routers": {"router": config.router or _default_router(registry)},
     }
     out: dict[str, list[ComponentSpec]] = {}
     for kind, tables in sections.items():

@@ -50,7 +50,10 @@ def conductor_register_transports(register):
 
 @hookspec
 def conductor_register_routers(register):
-    """Register router types: ``register(type_name, factory, config_type)``.
+    """Register router types: ``register(type_name, factory, config_type, default=None, order=100)``.
+
+    A router registered with ``default`` (a table) becomes the router when the config has no
+    ``[router]`` table; the lowest ``order`` wins, and without any the built-in ``priority`` is used.
 
     ``factory(config, backends) -> Router`` where ``backends`` is the ordered list of built
     backends::
@@ -63,7 +66,10 @@ def conductor_register_routers(register):
 
 @hookspec
 def conductor_register_avatar_caches(register):
-    """Register avatar cache types: ``register(type_name, factory, config_type)``::
+    """Register avatar cache types: ``register(type_name, factory, config_type)``.
+
+    ``factory(config) -> AvatarCache`` (see :mod:`conductor_core.avatar_cache`); ``config_type``
+    validates the ``[avatar.cache]`` table (less ``type``)::
 
         @hookimpl
         def conductor_register_avatar_caches(register):

@@ -197,8 +197,19 @@ def test_the_documented_shape_loads(tmp_path):
     assert config.history == HistoryConfig(max_messages=0)
 
 
-def test_default_router_is_priority():
-    assert load_config().router == {"type": "priority"}
+def test_default_router_is_the_installed_default_else_priority():
+    from conductor_core.plugins import Registration, Registry
+    from conductor_core.routing import PriorityConfig, PriorityRouter
+
+    assert load_config().router is None  # chosen once the plugins are known
+    priority = Registration("routers", "priority", PriorityRouter, PriorityConfig, "p", "conductor")
+    registry = Registry(routers={"priority": priority})
+    (spec,) = resolve_components(load_config(), registry)["routers"]
+    assert spec.registration.type_name == "priority"
+    smart = Registration("routers", "smart", PriorityRouter, PriorityConfig, "s", "smart-dist", default={}, order=10)
+    registry = Registry(routers={"priority": priority, "smart": smart})
+    (spec,) = resolve_components(load_config(), registry)["routers"]
+    assert spec.registration.type_name == "smart"
 
 
 # ---------------------------------------------------------------- bad files: one message, file + key + expectation
@@ -219,7 +230,7 @@ def test_default_router_is_priority():
         ('backends = "local"', "backends", "Expected `object`, got `str`"),
         ('[backends]\nlocal = "http://x"', "backends.local", "expected a table"),
         ('[transports]\nweb = 1', "transports.web", "expected a table"),
-        ('router = "priority"', "router", "Expected `object`, got `str`"),
+        ('router = "priority"', "router", "Expected `object | null`, got `str`"),
         ('limits = []', "limits", "Expected `object`, got `array`"),
         ('log_level = "loud"', "log_level", "expected one of debug, info, warning, error, critical"),
         ("defualt_model = 'x'", "defualt_model", "unknown key"),

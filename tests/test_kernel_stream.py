@@ -154,7 +154,8 @@ async def test_state_messages_only_for_surfaces_that_ask():
 
 
 async def test_models_status_and_history_replies():
-    async with running_conductor() as kernel, kernel.connect() as client:
+    config = {"backends": {"fake": {"type": "fake"}}, "router": {"type": "priority"}}
+    async with running_conductor(config) as kernel, kernel.connect() as client:
         await handshake(client)
         await client.send(ModelsRequest())
         models = await client.receive()
