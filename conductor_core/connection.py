@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from .avatar import AvatarLink
 from .backends import ChatRequest
 from .errors import (
     BadMessage,
@@ -45,6 +46,7 @@ from .protocol import (
     ModelsRequest,
     ServerPing,
     ServerPong,
+    SpriteRequest,
     State,
     StatusRequest,
     Welcome,
@@ -107,6 +109,7 @@ class Connection:
         self.chats: dict[str, _ChatTask] = {}
         self.hello: Hello | None = None
         self.wants_state = False
+        self.avatar: AvatarLink | None = None  # set at hello unless [avatar] enabled = false
         self._scope = anyio.CancelScope()
         self._bucket = TokenBucket(limits.messages_per_second, limits.message_burst)
         self._ping_seq = 0
@@ -129,6 +132,8 @@ class Connection:
                         await self._read_loop()
                     await self._finish()
         finally:
+            if self.avatar is not None:
+                self.avatar.close()
             self.closed.set()
             with anyio.move_on_after(1, shield=True):
                 await self.channel.aclose()
@@ -195,8 +200,16 @@ class Connection:
         self.hello = msg
         self.wants_state = "state" in msg.capabilities
         c = self.conductor
+        avatar = c.config.avatar
+        if avatar.enabled:
+            per_minute = avatar.sprite_requests_per_minute
+            self.avatar = AvatarLink(
+                avatar, self.outbox.put, capable="avatar" in msg.capabilities, session=self.session.id,
+                cache=c.avatar_cache, sprite_bucket=TokenBucket(per_minute / 60, per_minute),
+            )  # fmt: skip
+        snapshot = self.avatar.state if self.avatar is not None and self.avatar.capable else None
         self.outbox.put(
-            Welcome(self.session.id, PROTOCOL_VERSION, c.version, c.model_names(), c.config.default_model)
+            Welcome(self.session.id, PROTOCOL_VERSION, c.version, c.model_names(), c.config.default_model, snapshot)
         )
         return True
 
@@ -251,11 +264,21 @@ class Connection:
                 self._tg.start_soon(self._reply_models)
             case StatusRequest():
                 self.outbox.put(self.conductor.status())
+            case SpriteRequest():
+                self._reply_sprite(msg)
             case HistoryRequest(conversation=name):
                 conv = self.session.conversation(name, create=False)
                 self.outbox.put(HistoryReply(name, list(conv.messages) if conv else []))
             case Hello():
                 self.send_error(BadMessage("hello was already received on this connection"))
+
+    def _reply_sprite(self, msg: SpriteRequest) -> None:
+        try:
+            if self.avatar is None:
+                raise BadMessage("the avatar is disabled on this conductor ([avatar] enabled = false)")
+            self.outbox.put(self.avatar.sprite(msg))
+        except ConductorError as exc:
+            self.send_error(exc)
 
     async def _reply_models(self) -> None:
         self.outbox.put(await self.conductor.models_reply())
@@ -301,7 +324,15 @@ class Connection:
         )
         if self.wants_state:
             self.outbox.put(State(msg.id, "waiting"))
-        first = (lambda: self.outbox.put(State(msg.id, "streaming"))) if self.wants_state else None
+        avatar = self.avatar
+        parser = avatar.begin(msg.id) if avatar is not None else None
+
+        def first() -> None:
+            if self.wants_state:
+                self.outbox.put(State(msg.id, "streaming"))
+            if avatar is not None:
+                avatar.talking(msg.id)
+
         conductor.active_chats += 1
         try:
             with chat.scope:
@@ -314,8 +345,10 @@ class Connection:
                         outbox=self.outbox,
                         reply=reply,
                         started_at=started,
-                        on_first_token=first,
+                        on_first_token=first if self.wants_state or avatar is not None else None,
                         conversation_key=f"{self.session.id}/{conv.name}",
+                        avatar=parser,
+                        on_avatar=(lambda commands: avatar.commands(msg.id, commands)) if avatar is not None else None,
                     )
                     self.outbox.put(Done(msg.id, stats))
                 except OutboxOverflow as exc:
@@ -339,6 +372,8 @@ class Connection:
             del self.chats[msg.id]
             if reply.parts or error is None:
                 conv.record(msg.content, reply.text, interrupted=error is not None)
+            if avatar is not None:
+                avatar.end(msg.id, failed=error is not None and not isinstance(error, Cancelled))
             if self.wants_state:
                 self.outbox.put(State(msg.id, "error" if error else "idle"))
 

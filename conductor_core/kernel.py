@@ -17,6 +17,7 @@ import anyio
 import anyio.abc
 
 from . import __version__
+from .avatar_cache import AvatarCache, build_avatar_cache
 from .backends import Backend
 from .channel import Channel
 from .config import ComponentSpec, Config, ConfigError, resolve_components
@@ -40,8 +41,10 @@ class Conductor:
         backends: list[Backend],
         router: Router,
         transports: dict[str, Any],
+        avatar_cache: AvatarCache | None = None,
     ) -> None:
         self.config = config
+        self.avatar_cache = avatar_cache  # None when [avatar] enabled = false
         self.version = __version__
         self.backends = {b.name: b for b in backends}
         self.router = router
@@ -72,7 +75,7 @@ class Conductor:
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{config.source}: router: {exc}") from None
         transports = {spec.name: _build(spec, "transports") for spec in specs["transports"]}
-        return cls(config, backends, router, transports)
+        return cls(config, backends, router, transports, build_avatar_cache(config, registry))
 
     # ------------------------------------------------------------------ running
 
@@ -195,6 +198,7 @@ class Conductor:
             backends=backends,
             router=self.router.name,
             transports=list(self.transports),
+            avatar_cache=self.avatar_cache.stats() if self.avatar_cache is not None else None,
         )
 
     async def _call_lifecycle(self, hook: str) -> None:

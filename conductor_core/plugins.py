@@ -35,7 +35,7 @@ __all__ = [
 
 log = logging.getLogger("conductor.plugins")
 
-BUILTIN_PLUGINS = ("conductor_core.routing",)
+BUILTIN_PLUGINS = ("conductor_core.routing", "conductor_core.avatar_cache")
 KINDS = ("backends", "transports", "routers", "avatar_caches")
 
 pm = pluggy.PluginManager("conductor")

@@ -12,9 +12,12 @@ from typing import Any, Literal
 
 import msgspec
 
+from .avatar_grammar import AvatarCommand, AvatarState
 from .errors import BadMessage
 
 __all__ = [
+    "Avatar",
+    "AvatarCacheStats",
     "Cancel",
     "Chat",
     "ClientMessage",
@@ -35,6 +38,9 @@ __all__ = [
     "ServerMessage",
     "ServerPing",
     "ServerPong",
+    "SpriteCell",
+    "SpriteReply",
+    "SpriteRequest",
     "State",
     "Stats",
     "StatusReply",
@@ -99,8 +105,24 @@ class HistoryRequest(_Msg, tag="history"):
     conversation: str = "default"
 
 
+class SpriteRequest(_Msg, tag="sprite"):
+    """Ask for the avatar's sprite for a mood and size (docs/avatar.md); answered by ``sprite``."""
+
+    mood: str
+    size: str = "small"
+    variant: int = 0
+
+
 ClientMessage = (
-    Hello | Chat | Cancel | ClientPing | ClientPong | ModelsRequest | StatusRequest | HistoryRequest
+    Hello
+    | Chat
+    | Cancel
+    | ClientPing
+    | ClientPong
+    | ModelsRequest
+    | StatusRequest
+    | HistoryRequest
+    | SpriteRequest
 )
 
 # ---------------------------------------------------------------- conductor -> surface
@@ -112,6 +134,7 @@ class Welcome(_Msg, tag="welcome"):
     server_version: str
     models: list[str] = []
     default_model: str | None = None
+    avatar: AvatarState | None = None  # only for surfaces with the `avatar` capability
 
 
 class Token(_Msg, tag="token"):
@@ -162,6 +185,17 @@ class ModelsReply(_Msg, tag="models"):
     models: list[ModelInfo]
 
 
+class AvatarCacheStats(msgspec.Struct):
+    type: str
+    entries: int
+    bytes: int
+    budget_bytes: int
+    pinned: int
+    hits: int
+    misses: int
+    evictions: int
+
+
 class StatusReply(_Msg, tag="status"):
     server_version: str
     uptime_s: float
@@ -170,6 +204,7 @@ class StatusReply(_Msg, tag="status"):
     backends: dict[str, dict[str, Any]]
     router: str
     transports: list[str]
+    avatar_cache: AvatarCacheStats | None = None
 
 
 class HistoryMessage(msgspec.Struct, omit_defaults=True):
@@ -190,6 +225,37 @@ class State(_Msg, tag="state"):
     phase: str  # waiting | streaming | idle | error (str so new phases don't break old clients)
 
 
+class Avatar(_Msg, tag="avatar"):
+    """The avatar changed: its whole state after the change, and the commands that caused it (in
+    the order the model wrote them). Sent only to surfaces with the ``avatar`` capability;
+    ``id`` is the chat whose reply caused it."""
+
+    state: AvatarState
+    id: str | None = None
+    commands: list[AvatarCommand] = []
+
+
+class SpriteCell(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True):
+    """One character cell, on the wire as ``[ch, fg?, bg?]``; colours are ``#rrggbb``, a missing
+    colour is transparent."""
+
+    ch: str
+    fg: str | None = None
+    bg: str | None = None
+
+
+class SpriteReply(_Msg, tag="sprite"):
+    """A sprite: ``cells`` holds ``width * height`` cells row by row."""
+
+    key: str
+    width: int
+    height: int
+    cells: list[SpriteCell]
+    mood: str = ""
+    size: str = ""
+    variant: int = 0
+
+
 ServerMessage = (
     Welcome
     | Token
@@ -201,6 +267,8 @@ ServerMessage = (
     | StatusReply
     | HistoryReply
     | State
+    | Avatar
+    | SpriteReply
 )
 
 # ---------------------------------------------------------------- codecs (built once)

@@ -29,6 +29,7 @@ from .protocol import Stats
 from .routing import Outcome, Router
 
 if TYPE_CHECKING:
+    from .avatar import AvatarParser
     from .outbox import Outbox
 
 __all__ = ["Reply", "relay_chat"]
@@ -68,8 +69,13 @@ async def relay_chat(
     started_at: float,
     on_first_token=None,
     conversation_key: str | None = None,
+    avatar: AvatarParser | None = None,
+    on_avatar=None,
 ) -> Stats:
-    """Stream one reply into ``outbox``; returns the stats or raises a ConductorError."""
+    """Stream one reply into ``outbox``; returns the stats or raises a ConductorError.
+
+    With ``avatar``, tags are removed from the text and their commands go to ``on_avatar``; a
+    token with no ``[`` while nothing is held costs one ``in`` check more."""
     candidates = router.candidates(request.model, catalog, conversation_key)
     if not candidates:
         known = sorted({m for models in catalog.values() if models for m in models})
@@ -95,6 +101,9 @@ async def relay_chat(
                             reply.first_token_at = time.perf_counter()
                             if on_first_token is not None:
                                 on_first_token()
+                        if avatar is not None and (avatar.held or "[" in item):
+                            _emit(avatar.feed(item), chat_id, parts, put_token, on_avatar)
+                            continue
                         parts.append(item)
                         put_token(chat_id, item)
                     else:
@@ -107,9 +116,15 @@ async def relay_chat(
                 exc.backend = backend.name
             router.report(Outcome(backend.name, request.model, exc, first_token_sent=bool(parts)))
             if parts or not _retry_elsewhere(exc):
+                if avatar is not None:  # an unfinished tag at the cut is text
+                    _emit(avatar.end(), chat_id, parts, put_token, on_avatar)
                 raise
+            if avatar is not None:
+                avatar.discard()
             last_error = exc
             continue
+        if avatar is not None:
+            _emit(avatar.end(), chat_id, parts, put_token, on_avatar)
         if finish is None:
             exc = StreamFailed(f"backend {backend.name!r} ended the stream without a final message", backend=backend.name)
             router.report(Outcome(backend.name, request.model, exc, first_token_sent=bool(parts)))
@@ -122,6 +137,15 @@ async def relay_chat(
         return stats
     assert last_error is not None
     raise last_error
+
+
+def _emit(result, chat_id: str, parts: list[str], put_token, on_avatar) -> None:
+    text, commands = result
+    if text:
+        parts.append(text)
+        put_token(chat_id, text)
+    if commands and on_avatar is not None:
+        on_avatar(commands)
 
 
 def _stats(backend: str, finish: Finish, reply: Reply, started_at: float, attempts: int, chunks: int) -> Stats:

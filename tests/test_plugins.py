@@ -81,9 +81,11 @@ def test_registry_contains_the_builtin_priority_router(clean_plugins):
 
 def test_builtins_are_listed_only_on_request(clean_plugins):
     assert get_plugins() == []
-    (builtin,) = get_plugins(include_builtins=True)
-    assert (builtin.distribution, builtin.builtin) == ("conductor", True)
-    assert builtin.hooks == ["conductor_register_routers"]
+    builtins = {p.name: p for p in get_plugins(include_builtins=True)}
+    assert set(builtins) == {"conductor_core.routing", "conductor_core.avatar_cache"}
+    assert all((p.distribution, p.builtin) == ("conductor", True) for p in builtins.values())
+    assert builtins["conductor_core.routing"].hooks == ["conductor_register_routers"]
+    assert builtins["conductor_core.avatar_cache"].hooks == ["conductor_register_avatar_caches"]
 
 
 def test_load_plugins_is_idempotent(clean_plugins, modules, monkeypatch):
@@ -315,7 +317,7 @@ def test_plugins_json(tmp_path, site):
 
 def test_plugins_all_includes_the_builtin(tmp_path, site):
     out = json.loads(conductor(tmp_path, site, "plugins", "--json", "--all", CONDUCTOR_LOAD_PLUGINS="").stdout)
-    assert [(p["distribution"], p["builtin"]) for p in out["plugins"]] == [("conductor", True)]
+    assert [(p["distribution"], p["builtin"]) for p in out["plugins"]] == [("conductor", True)] * 2
 
 
 def test_without_the_variable_every_installed_plugin_loads(tmp_path, site):
