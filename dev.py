@@ -12,6 +12,7 @@ The install is skipped when nothing it depends on changed since the last one.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import os
 import subprocess
 import sys
@@ -64,6 +65,20 @@ def install(extras: str = "") -> None:
     stamp.write_text(want)
 
 
+def browser() -> None:
+    """The web page is tested in a real Chromium from Debian's packages. On CI (CI=true) install
+    it when missing; elsewhere the browser tests skip and say why."""
+    if shutil.which("chromium") or not os.environ.get("CI"):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        print("dev.py: chromium is missing and cannot be installed here; browser tests will skip", file=sys.stderr)
+        return
+    print("dev.py: installing chromium for the browser tests", file=sys.stderr)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium", "openssl"], check=True, env=env)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -77,6 +92,7 @@ def main(argv: list[str]) -> int:
         return subprocess.call([str(python()), "-m", "conductor_core", "serve", *rest])
     if command == "test":
         install("fast,test")
+        browser()
         code = subprocess.call([str(python()), "-m", "pytest", *rest], cwd=ROOT)
         if code == 5:
             print("dev.py: pytest collected no tests; that is a failure", file=sys.stderr)
