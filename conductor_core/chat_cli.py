@@ -375,8 +375,11 @@ def status(socket_opt, config_opt, as_json):
             click.echo(f"sessions: {reply.sessions} · chats in flight: {reply.active_chats}")
             click.echo(f"transports: {', '.join(reply.transports) or 'none'}")
             for name, info in reply.backends.items():
+                routing = info.pop("router", None)
                 details = ", ".join(f"{k}={v}" for k, v in info.items())
                 click.echo(f"backend {name}: {details}")
+                if routing:
+                    click.echo("  router: " + ", ".join(f"{k}={v}" for k, v in routing.items() if v is not None))
 
         _with_client(_socket_for(socket_opt, config_opt), as_json, body)
 

@@ -187,7 +187,7 @@ class Conductor:
         if hasattr(self.router, "status"):  # the router's view: health, breaker, in flight
             try:
                 for name, view in self.router.status().items():
-                    backends.setdefault(name, {}).update(view)
+                    backends.setdefault(name, {})["router"] = view  # nested: keys like `state` differ in meaning
             except Exception as exc:
                 self.log.warning("router status failed: %s", exc)
         return StatusReply(
