@@ -59,6 +59,7 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     heartbeat_timeout_s: Positive = 10.0
     heartbeat_misses: AtLeastOne = 3
     max_content_chars: AtLeastOne = 1_000_000
+    max_reply_pieces: AtLeastOne = 100_000  # a backend streaming forever is cut here (backend_error)
 
 
 class HistoryConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -349,6 +349,7 @@ class Connection:
                         conversation_key=f"{self.session.id}/{conv.name}",
                         avatar=parser,
                         on_avatar=(lambda commands: avatar.commands(msg.id, commands)) if avatar is not None else None,
+                        max_pieces=self.limits.max_reply_pieces,
                     )
                     self.outbox.put(Done(msg.id, stats))
                 except OutboxOverflow as exc:

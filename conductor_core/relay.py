@@ -71,6 +71,7 @@ async def relay_chat(
     conversation_key: str | None = None,
     avatar: AvatarParser | None = None,
     on_avatar=None,
+    max_pieces: int = 100_000,
 ) -> Stats:
     """Stream one reply into ``outbox``; returns the stats or raises a ConductorError.
 
@@ -106,6 +107,12 @@ async def relay_chat(
                             continue
                         parts.append(item)
                         put_token(chat_id, item)
+                        if len(parts) > max_pieces:
+                            raise StreamFailed(
+                                f"backend {backend.name!r} sent more than {max_pieces} pieces in one reply; "
+                                "cut (limits.max_reply_pieces)",
+                                backend=backend.name,
+                            )
                     else:
                         finish = item
         except ConductorError as exc:

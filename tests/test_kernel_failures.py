@@ -365,3 +365,18 @@ async def test_new_chat_during_shutdown_is_refused():
             await late.send(Chat("x", "hello?"))
             error = await late.receive()
             assert error.code == ErrorCode.SHUTTING_DOWN and error.id == "x"
+
+
+async def test_an_endless_stream_is_cut_at_the_reply_cap():
+    config = {"backends": {"f": {"type": "fake"}}, "limits": {"max_reply_pieces": 20}}
+    async with running_conductor(config) as kernel, kernel.connect() as client:
+        fake = kernel.conductor.backends["f"]
+        fake.push(Script(tokens=WORDS))  # 200 pieces
+        cancelled = fake.cancelled_event
+        await handshake(client)
+        await client.send(Chat("c", "never stop"))
+        text, _, final = await collect(client, "c")
+        assert final.code == ErrorCode.BACKEND_ERROR and "max_reply_pieces" in final.message
+        assert text == "".join(WORDS[:21])  # what was sent stays sent; nothing more
+        with anyio.fail_after(5):
+            await cancelled.wait()  # and the upstream stream is closed
