@@ -1,0 +1,1 @@
+"""The Conductor benchmark suite: ``python -m benchmarks`` (see README.md)."""
