@@ -2,7 +2,7 @@
 
 Ollama fails in two forms: before the stream, an HTTP status with ``{"error": "..."}``; inside a
 200 stream, a line ``{"error": "..."}``. Transport failures (refused, reset, timeouts) come from
-httpx. Nothing from httpx leaves this plugin: every exception is translated here, chained with
+:mod:`conductor_core.httpclient`. Nothing from it leaves this plugin: every exception is translated here, chained with
 ``from exc``, and carries a hint the user can act on.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-import httpx
+from conductor_core import httpclient
 from conductor_core.errors import (
     BackendBadRequest,
     BackendError,
@@ -35,7 +35,7 @@ def error_message(body: bytes) -> str:
     """Ollama's ``{"error": "..."}`` text, or the body itself (trimmed) when it is not that."""
     try:
         err = _error_decoder.decode(body).error
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         err = None
     if isinstance(err, dict):  # the OpenAI form, should a proxy sit in between
         err = err.get("message")
@@ -45,7 +45,7 @@ def error_message(body: bytes) -> str:
     return text or "(empty body)"
 
 
-def _retry_after_ms(headers: httpx.Headers) -> int | None:
+def _retry_after_ms(headers: dict[str, str]) -> int | None:
     value = headers.get("retry-after")
     try:
         return int(float(value) * 1000) if value else None
@@ -54,7 +54,7 @@ def _retry_after_ms(headers: httpx.Headers) -> int | None:
 
 
 def error_from_status(
-    status: int, body: bytes, headers: httpx.Headers, *, url: str, model: str | None, backend: str
+    status: int, body: bytes, headers: dict[str, str], *, url: str, model: str | None, backend: str
 ) -> BackendError:
     """Map a non-200 answer (before any stream) to a typed error."""
     message = error_message(body)
@@ -71,25 +71,25 @@ def error_from_status(
 
 
 def error_from_transport(
-    exc: httpx.HTTPError, *, url: str, model: str | None, backend: str, started: bool, between_chunks: float
+    exc: httpclient.HTTPError, *, url: str, model: str | None, backend: str, started: bool, between_chunks: float
 ) -> BackendError:
-    """Map an httpx exception. ``started``: whether the stream had begun (status 200 seen)."""
+    """Map a transport exception. ``started``: whether the stream had begun (status 200 seen)."""
     ctx = {"backend": backend, "model": model}
-    if isinstance(exc, httpx.ConnectTimeout):
+    if isinstance(exc, httpclient.ConnectTimeout):
         return BackendTimeout(f"connecting to Ollama at {url} timed out (timeouts.connect): is `ollama serve` running at {url}?", **ctx)
-    if isinstance(exc, httpx.PoolTimeout):
+    if isinstance(exc, httpclient.PoolTimeout):
         return BackendTimeout(f"no free connection to Ollama at {url} in time (timeouts.pool; raise max_connections?)", **ctx)
-    if isinstance(exc, httpx.ReadTimeout):
+    if isinstance(exc, httpclient.ReadTimeout):
         return BackendTimeout(
             f"Ollama at {url} sent nothing for {between_chunks:g} s (timeouts.between_chunks; a cold model load can take minutes)",
             **ctx,
         )
-    if isinstance(exc, httpx.TimeoutException):
-        return BackendTimeout(f"Ollama at {url} timed out: {type(exc).__name__}", **ctx)
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, httpclient.WriteTimeout):
+        return BackendTimeout(f"sending to Ollama at {url} timed out (timeouts.write)", **ctx)
+    if isinstance(exc, httpclient.ConnectError):
         return BackendUnavailable(f"cannot connect to Ollama at {url} ({exc}): is `ollama serve` running at {url}?", **ctx)
     if started:
         return StreamFailed(f"the stream from Ollama at {url} broke: {exc or type(exc).__name__}", **ctx)
-    if isinstance(exc, (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, httpx.NetworkError)):
+    if isinstance(exc, (httpclient.ReadError, httpclient.WriteError, httpclient.RemoteProtocolError)):
         return BackendUnavailable(f"Ollama at {url} dropped the connection ({exc or type(exc).__name__}): is it restarting?", **ctx)
     return BackendError(f"request to Ollama at {url} failed: {type(exc).__name__}: {exc}", **ctx)

@@ -1,0 +1,253 @@
+"""A lean HTTP/1.1 client for backends: pooled keep-alive connections, streamed bodies,
+per-phase timeouts (connect, pool, write, between chunks; never a total deadline).
+
+It exists for the hot path (see :mod:`conductor_core.http1` for why not httpx). Closing a
+response before its body ended closes the connection, which is how a backend tells the server
+to stop generating. The exception names follow httpx's so mapping code reads the same.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.abc
+
+from .backends import Timeouts
+from .http1 import HTTPProtocolError, ResponseHead, ResponseParser, encode_request
+
+__all__ = [
+    "ConnectError",
+    "ConnectTimeout",
+    "HTTPError",
+    "PoolTimeout",
+    "ReadError",
+    "ReadTimeout",
+    "RemoteProtocolError",
+    "Response",
+    "StreamingClient",
+    "WriteError",
+    "WriteTimeout",
+]
+
+READ_SIZE = 65536
+
+
+class HTTPError(Exception):
+    pass
+
+
+class ConnectError(HTTPError):
+    pass
+
+
+class ConnectTimeout(HTTPError):
+    pass
+
+
+class PoolTimeout(HTTPError):
+    pass
+
+
+class ReadTimeout(HTTPError):
+    pass
+
+
+class WriteTimeout(HTTPError):
+    pass
+
+
+class ReadError(HTTPError):
+    """The connection broke while reading."""
+
+
+class WriteError(HTTPError):
+    pass
+
+
+class RemoteProtocolError(HTTPError):
+    pass
+
+
+_BROKEN = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
+
+
+class Response:
+    """A response whose head has arrived. Iterate it for body pieces; always ``aclose()`` it."""
+
+    def __init__(self, client: StreamingClient, stream: anyio.abc.ByteStream, parser: ResponseParser, pending: list[bytes]) -> None:
+        self._client = client
+        self._stream = stream
+        self._parser = parser
+        self._pending = pending
+        self._closed = False
+        head = parser.head
+        assert head is not None
+        self.head: ResponseHead = head
+        self.status_code = head.status
+        self.headers = head.headers
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        """Body pieces as they arrive; each wait is bounded by ``timeouts.between_chunks``."""
+        for piece in self._pending:
+            if piece:
+                yield piece
+        self._pending = []
+        parser, receive, timeout = self._parser, self._stream.receive, self._client.timeouts.between_chunks
+        while not parser.complete:
+            try:
+                with anyio.fail_after(timeout):
+                    data = await receive(READ_SIZE)
+            except TimeoutError:
+                raise ReadTimeout(f"no data for {timeout:g} s") from None
+            except anyio.EndOfStream:
+                try:
+                    parser.eof()
+                except HTTPProtocolError as exc:
+                    raise ReadError(str(exc)) from None
+                return
+            except _BROKEN as exc:
+                raise ReadError(f"connection lost: {exc or type(exc).__name__}") from exc
+            try:
+                pieces = parser.feed(data)
+            except HTTPProtocolError as exc:
+                raise RemoteProtocolError(str(exc)) from exc
+            for piece in pieces:
+                if piece:
+                    yield piece
+
+    async def aread(self, limit: int = 16 << 20) -> bytes:
+        body = bytearray()
+        async for piece in self.aiter_raw():
+            body += piece
+            if len(body) > limit:
+                raise RemoteProtocolError(f"response body larger than {limit} bytes")
+        return bytes(body)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        reusable = self._parser.complete and self.head.keep_alive and not self._pending
+        await self._client._release(self._stream, reusable)
+
+
+class StreamingClient:
+    """One pool per backend. ``base_url`` is ``http://host:port`` or ``https://...``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeouts: Timeouts = Timeouts(),
+        max_connections: int = 100,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http:// or https:// URL, got {base_url!r}")
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if self.tls else 80)
+        self.prefix = parts.path.rstrip("/")
+        self.host_header = parts.netloc.rsplit("@", 1)[-1]
+        self.timeouts = timeouts
+        self.headers = {"Accept-Encoding": "identity", "User-Agent": "conductor", **(headers or {})}
+        self._idle: list[anyio.abc.ByteStream] = []
+        self._slots = anyio.Semaphore(max_connections)
+        self._ssl: ssl.SSLContext | None = None
+        self.connections_opened = 0
+
+    def __repr__(self) -> str:
+        return f"<StreamingClient {self.host}:{self.port} idle={len(self._idle)} opened={self.connections_opened}>"
+
+    async def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> Response:
+        """Send a request and return once the response head arrived (the body streams after)."""
+        t = self.timeouts
+        try:
+            with anyio.fail_after(t.pool):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise PoolTimeout(f"no free connection within {t.pool:g} s") from None
+        try:
+            data = encode_request(method, self.prefix + path, self.host_header, {**self.headers, **(headers or {})}, body)
+            while self._idle:  # a pooled connection the server may have closed: retry on a fresh one
+                stream = self._idle.pop()
+                try:
+                    return await self._exchange(stream, data, method)
+                except (ReadError, WriteError):
+                    await _close(stream)
+            return await self._exchange(await self._connect(), data, method)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def _exchange(self, stream: anyio.abc.ByteStream, data: bytes, method: str) -> Response:
+        t = self.timeouts
+        try:
+            try:
+                with anyio.fail_after(t.write):
+                    await stream.send(data)
+            except TimeoutError:
+                raise WriteTimeout(f"sending the request took over {t.write:g} s") from None
+            except _BROKEN as exc:
+                raise WriteError(f"connection lost while sending: {exc or type(exc).__name__}") from exc
+            parser = ResponseParser(head_request=method == "HEAD")
+            pending: list[bytes] = []
+            while parser.head is None:
+                try:
+                    with anyio.fail_after(t.between_chunks):
+                        chunk = await stream.receive(READ_SIZE)
+                except TimeoutError:
+                    raise ReadTimeout(f"no response for {t.between_chunks:g} s") from None
+                except _BROKEN as exc:
+                    raise ReadError(f"connection closed before a response: {exc or type(exc).__name__}") from exc
+                try:
+                    pending = parser.feed(chunk)
+                except HTTPProtocolError as exc:
+                    raise RemoteProtocolError(str(exc)) from exc
+            return Response(self, stream, parser, pending)
+        except BaseException:
+            await _close(stream)
+            raise
+
+    async def _connect(self) -> anyio.abc.ByteStream:
+        t = self.timeouts
+        try:
+            with anyio.fail_after(t.connect):
+                if self.tls:
+                    if self._ssl is None:  # reading the CA bundle blocks: once, in a thread
+                        self._ssl = await anyio.to_thread.run_sync(ssl.create_default_context)
+                    stream = await anyio.connect_tcp(self.host, self.port, tls=True, ssl_context=self._ssl, tls_hostname=self.host)
+                else:
+                    stream = await anyio.connect_tcp(self.host, self.port)
+        except TimeoutError:
+            raise ConnectTimeout(f"connecting to {self.host}:{self.port} took over {t.connect:g} s") from None
+        except OSError as exc:
+            raise ConnectError(f"{exc.strerror or exc}") from exc
+        self.connections_opened += 1
+        return stream
+
+    async def _release(self, stream: anyio.abc.ByteStream, reusable: bool) -> None:
+        try:
+            if reusable:
+                self._idle.append(stream)
+            else:
+                await _close(stream)
+        finally:
+            self._slots.release()
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        for stream in idle:
+            await _close(stream)
+
+
+async def _close(stream: anyio.abc.ByteStream) -> None:
+    with anyio.CancelScope(shield=True):
+        try:
+            await stream.aclose()
+        except _BROKEN:
+            pass
