@@ -121,7 +121,7 @@ async def test_stale_pooled_connection_is_retried_on_a_fresh_one():
 
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with anyio.create_task_group() as tg:
+    async with listener, anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, handle)
         client = httpclient.StreamingClient(f"http://127.0.0.1:{port}")
         for _ in range(3):
