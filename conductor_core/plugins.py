@@ -3,7 +3,8 @@
 Loading is an explicit, idempotent function. A plugin that fails to import is reported (its
 distribution and the error) and the rest load. ``CONDUCTOR_LOAD_PLUGINS`` (comma list of
 distribution names; empty means none) restricts which installed plugins load; the kernel's
-own built-ins always load.
+own built-ins always load. ``CONDUCTOR_TRACE_HOOKS=1`` writes every hook call (pluggy's
+tracer) and every registration to stderr, for debugging a plugin.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import importlib.metadata
 import logging
 import os
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +29,8 @@ __all__ = [
     "Registration",
     "RegistrationError",
     "Registry",
+    "TRACE_ENV",
+    "enable_hook_tracing",
     "get_plugins",
     "get_registry",
     "load_plugins",
@@ -38,10 +42,14 @@ log = logging.getLogger("conductor.plugins")
 BUILTIN_PLUGINS = ("conductor_core.routing", "conductor_core.avatar_cache")
 KINDS = ("backends", "transports", "routers", "avatar_caches")
 
+TRACE_ENV = "CONDUCTOR_TRACE_HOOKS"
+
 pm = pluggy.PluginManager("conductor")
 pm.add_hookspecs(hookspecs)
+_hooktrace = pm.trace.root.get("hook")  # writes nothing until a writer is set
 
 _loaded = False
+_untrace: Callable[[], None] | None = None
 _distributions: dict[str, tuple[str, str]] = {}  # plugin name -> (distribution, version)
 load_errors: list[tuple[str, str]] = []  # (distribution or entry point, error)
 
@@ -91,11 +99,37 @@ def _wanted() -> set[str] | None:
     return {_normalize(name.strip()) for name in raw.split(",") if name.strip()}
 
 
+def _stderr(message: str) -> None:
+    sys.stderr.write("".join(f"conductor: trace: {line}" for line in message.splitlines(keepends=True)))
+
+
+def enable_hook_tracing(write: Callable[[str], None] | None = None) -> Callable[[], None]:
+    """Send every hook call, its arguments and result, and every registration to ``write``
+    (default: stderr). Returns the function that turns tracing off again. Start-up and
+    shutdown only: the kernel never calls a hook per request or per token."""
+    global _untrace
+    if _untrace is not None:
+        _untrace()
+    pm.trace.root.setwriter(write or _stderr)
+    undo_monitoring = pm.enable_tracing()
+
+    def undo() -> None:
+        global _untrace
+        undo_monitoring()
+        pm.trace.root.setwriter(None)
+        _untrace = None
+
+    _untrace = undo
+    return undo
+
+
 def load_plugins() -> None:
     global _loaded
     if _loaded:
         return
     _loaded = True
+    if os.environ.get(TRACE_ENV, "") not in ("", "0") and _untrace is None:
+        enable_hook_tracing()
     wanted = _wanted()
     for ep in importlib.metadata.entry_points(group="conductor"):
         dist = ep.dist.name if ep.dist else ep.value
@@ -159,6 +193,7 @@ def get_registry() -> Registry:
         hook = getattr(pm.hook, f"conductor_register_{kind}")
         for impl in hook.get_hookimpls():
             register = _registrar(registry, kind, impl.plugin_name)
+            _hooktrace(f"conductor_register_{kind}", {"plugin": impl.plugin_name})
             try:
                 impl.function(**{arg: register for arg in impl.argnames})
             except RegistrationError:
@@ -194,6 +229,7 @@ def _registrar(registry: Registry, kind: str, plugin_name: str) -> Callable[...,
                 f"{other} and {dist}; uninstall one or limit CONDUCTOR_LOAD_PLUGINS"
             )
         table[type_name] = Registration(kind, type_name, factory, config_type, plugin_name, dist, default, order)
+        _hooktrace("register", kind, repr(type_name), "from", dist)
 
     return register
 
@@ -201,6 +237,8 @@ def _registrar(registry: Registry, kind: str, plugin_name: str) -> Callable[...,
 def reset_for_tests() -> None:
     """Forget loaded plugins (tests that change CONDUCTOR_LOAD_PLUGINS use this)."""
     global _loaded
+    if _untrace is not None:
+        _untrace()
     for name, plugin in list(pm.list_name_plugin()):
         pm.unregister(plugin, name=name)
     _distributions.clear()

@@ -1,7 +1,14 @@
-"""The conformance suite every backend plugin must pass.
+"""The conformance suites: every backend, transport and avatar cache plugin must pass its own.
 
-Subclass :class:`BackendConformance` in your plugin's tests (the class name must start with
-``Test`` for pytest to collect it) and override the fixtures that say how to reach your server::
+A backend that runs in process (no server to reach) needs one line::
+
+    from conductor_core.testing.conformance import backend_conformance
+
+    TestMarkovConformance = backend_conformance(lambda: MarkovBackend("conformance", MarkovConfig()), model="markov")
+
+A backend that talks to a server subclasses :class:`BackendConformance` in its tests (the
+class name must start with ``Test`` for pytest to collect it) and overrides the fixtures that
+say how to reach the server::
 
     from conductor_core.testing.conformance import BackendConformance
 
@@ -49,7 +56,17 @@ import pytest
 from ..backends import Backend, BackendHealth, ChatRequest, Finish, Message
 from ..errors import BackendError, BackendUnavailable, ModelNotFound
 
-__all__ = ["BackendConformance", "BlockingCallDetected", "no_blocking_calls"]
+__all__ = [
+    "AvatarCacheConformance",
+    "BackendConformance",
+    "BlockingCallDetected",
+    "FramedConnection",
+    "RawConnection",
+    "TransportConformance",
+    "avatar_cache_conformance",
+    "backend_conformance",
+    "no_blocking_calls",
+]
 
 
 class BlockingCallDetected(AssertionError):
@@ -233,3 +250,90 @@ class BackendConformance:
     async def test_aclose_is_idempotent(self, backend: Backend) -> None:
         await backend.aclose()
         await backend.aclose()
+
+
+def backend_conformance(
+    make_backend: Callable[[], Backend],
+    *,
+    model: str,
+    long_request: ChatRequest | None = None,
+    unreachable: Callable[[], Backend] | None = None,
+    upstream_cancelled: Callable[[Backend], Callable[[], Awaitable[None]]] | None = None,
+    name: str = "TestBackendConformance",
+) -> type[BackendConformance]:
+    """A ready :class:`BackendConformance` test class; assign it to a ``Test*`` name.
+
+    ``make_backend()`` builds a fresh backend per test. ``long_request`` must stream until the
+    client goes away (default: ``options={"num_predict": 1_000_000}``). ``unreachable()``
+    builds one whose server cannot be reached; without it the three unreachable-server tests
+    skip (an in-process backend has no server). ``upstream_cancelled(backend)`` returns the
+    coroutine function that waits until the server saw the client go away; the default, for
+    in-process backends, waits until every ``chat()`` generator the test started has finished
+    (its ``finally`` ran), which is what "upstream closed" means when there is no upstream.
+    """
+
+    class Suite(BackendConformance):
+        @pytest.fixture
+        async def backend(self):
+            backend = make_backend()
+            if upstream_cancelled is None:
+                _track_streams(backend)
+            yield backend
+            await backend.aclose()
+
+        @pytest.fixture
+        async def unreachable_backend(self):
+            if unreachable is None:
+                pytest.skip("no unreachable_backend given: the backend has no server to be unreachable")
+            backend = unreachable()
+            yield backend
+            await backend.aclose()
+
+        @pytest.fixture
+        def model(self):
+            return model
+
+        @pytest.fixture
+        def long_request(self, model):
+            if long_request is not None:
+                return long_request
+            return ChatRequest(messages=[Message("user", "tell me a long story")], model=model, options={"num_predict": 1_000_000})
+
+        @pytest.fixture
+        def upstream_cancelled(self, backend):
+            if upstream_cancelled is not None:
+                return upstream_cancelled(backend)
+            streams = backend.conformance_streams
+
+            async def wait() -> None:
+                while any(getattr(s, "ag_frame", None) is not None for s in streams):
+                    await anyio.sleep(0.005)
+
+            return wait
+
+    Suite.__name__ = Suite.__qualname__ = name
+    return Suite
+
+
+def _track_streams(backend: Any) -> None:
+    """Record every stream ``backend.chat()`` returns (in ``backend.conformance_streams``)."""
+    streams: list[Any] = []
+    original = backend.chat
+
+    def chat(request: ChatRequest) -> Any:
+        stream = original(request)
+        streams.append(stream)
+        return stream
+
+    try:
+        backend.chat = chat
+        backend.conformance_streams = streams
+    except AttributeError:
+        raise TypeError(
+            f"{type(backend).__name__} does not allow instance attributes (__slots__?): pass "
+            "upstream_cancelled= to backend_conformance()"
+        ) from None
+
+
+from .avatar_cache_conformance import AvatarCacheConformance, avatar_cache_conformance  # noqa: E402
+from .transport_conformance import FramedConnection, RawConnection, TransportConformance  # noqa: E402
