@@ -91,8 +91,7 @@ async def _direct_partial(direct: DirectOllama, prompt: str, options, after: int
     body = _json({"model": MODEL, "messages": [{"role": "user", "content": prompt}], "keep_alive": "30m",
                   "stream": True, "options": options})
     parts: list[str] = []
-    async with direct.client.stream("POST", "/api/chat", content=body,
-                                    headers={"Content-Type": "application/json"}) as response:
+    async with direct.stream(body) as response:
         buf = b""
         async for data in response.aiter_raw():
             lines = (buf + data).split(b"\n")

@@ -9,7 +9,7 @@ to stop generating. The exception names follow httpx's so mapping code reads the
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 import anyio
@@ -19,6 +19,7 @@ from .backends import Timeouts
 from .http1 import HTTPProtocolError, ResponseHead, ResponseParser, encode_request
 
 __all__ = [
+    "Abandoned",
     "ConnectError",
     "ConnectTimeout",
     "HTTPError",
@@ -134,6 +135,26 @@ class Response:
         await self._client._release(self._stream, reusable)
 
 
+class Abandoned:
+    """A request whose caller left before the response head: :meth:`wait_head` waits for the
+    head (bounded by ``between_chunks``), then closes the connection."""
+
+    def __init__(self, stream: anyio.abc.ByteStream, parser: ResponseParser, timeout: float) -> None:
+        self.stream, self.parser, self.timeout = stream, parser, timeout
+
+    async def wait_head(self) -> int | None:
+        """The status code once the head arrived, None if it never did."""
+        try:
+            with anyio.move_on_after(self.timeout):
+                while self.parser.head is None:
+                    self.parser.feed(await self.stream.receive(READ_SIZE))
+        except (*_BROKEN, HTTPProtocolError):
+            pass
+        finally:
+            await _close(self.stream)
+        return self.parser.head.status if self.parser.head else None
+
+
 class StreamingClient:
     """One pool per backend. ``base_url`` is ``http://host:port`` or ``https://...``."""
 
@@ -163,8 +184,21 @@ class StreamingClient:
     def __repr__(self) -> str:
         return f"<StreamingClient {self.host}:{self.port} idle={len(self._idle)} opened={self.connections_opened}>"
 
-    async def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> Response:
-        """Send a request and return once the response head arrived (the body streams after)."""
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        *,
+        on_abandon: Callable[[Abandoned], None] | None = None,
+    ) -> Response:
+        """Send a request and return once the response head arrived (the body streams after).
+
+        ``on_abandon``: if the caller is cancelled after the request was sent but before the
+        head arrived, the connection is handed to this callback instead of being closed (the
+        Ollama backend uses it so that a cancel during a model load does not abort the load).
+        """
         t = self.timeouts
         try:
             with anyio.fail_after(t.pool):
@@ -176,16 +210,17 @@ class StreamingClient:
             while self._idle:  # a pooled connection the server may have closed: retry on a fresh one
                 stream = self._idle.pop()
                 try:
-                    return await self._exchange(stream, data, method)
+                    return await self._exchange(stream, data, method, on_abandon)
                 except (ReadError, WriteError):
                     await _close(stream)
-            return await self._exchange(await self._connect(), data, method)
+            return await self._exchange(await self._connect(), data, method, on_abandon)
         except BaseException:
             self._slots.release()
             raise
 
-    async def _exchange(self, stream: anyio.abc.ByteStream, data: bytes, method: str) -> Response:
+    async def _exchange(self, stream: anyio.abc.ByteStream, data: bytes, method: str, on_abandon=None) -> Response:
         t = self.timeouts
+        sent = False
         try:
             try:
                 with anyio.fail_after(t.write):
@@ -194,6 +229,7 @@ class StreamingClient:
                 raise WriteTimeout(f"sending the request took over {t.write:g} s") from None
             except _BROKEN as exc:
                 raise WriteError(f"connection lost while sending: {exc or type(exc).__name__}") from exc
+            sent = True
             parser = ResponseParser(head_request=method == "HEAD")
             pending: list[bytes] = []
             while parser.head is None:
@@ -209,6 +245,12 @@ class StreamingClient:
                 except HTTPProtocolError as exc:
                     raise RemoteProtocolError(str(exc)) from exc
             return Response(self, stream, parser, pending)
+        except anyio.get_cancelled_exc_class():
+            if sent and on_abandon is not None and parser.head is None:
+                on_abandon(Abandoned(stream, parser, t.between_chunks))
+            else:
+                await _close(stream)
+            raise
         except BaseException:
             await _close(stream)
             raise

@@ -16,12 +16,14 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 from conductor_core.backends import BackendHealth, ChatRequest, Finish, Timeouts
 from conductor_core.errors import BackendError, BackendUnavailable, ModelNotFound
-from conductor_openai_compat.backend import OpenAICompatBackend
+
+if TYPE_CHECKING:  # imported when the server starts: httpx costs ~100 ms of start-up
+    from conductor_openai_compat.backend import OpenAICompatBackend
 
 from .server import ModelUnavailable, ProcessServer, ServerLauncher, ThreadServer, check_model
 
@@ -121,6 +123,8 @@ class LlamaCppBackend:
             raise
         self._launcher = launcher
         self._address = address
+        from conductor_openai_compat.backend import OpenAICompatBackend
+
         self._client = OpenAICompatBackend(
             self.name,
             base_url=f"{address}/v1",

@@ -16,13 +16,14 @@ Ollama uses Ollama. In ``conductor.toml``::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 from conductor_core.backends import Timeouts
 from conductor_core.hookspecs import hookimpl
 
-from .backend import LlamaCppBackend
+if TYPE_CHECKING:  # the backend (and httpx) load only when an instance is built: start-up time
+    from .backend import LlamaCppBackend
 
 __all__ = ["DEFAULT_ALIAS", "LlamaCppConfig", "conductor_register_backends", "make_backend"]
 
@@ -67,6 +68,8 @@ class LlamaCppConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 def make_backend(name: str, config: LlamaCppConfig) -> LlamaCppBackend:
     """The registered factory. Cheap: nothing is checked or started until first use or run()."""
+    from .backend import LlamaCppBackend
+
     return LlamaCppBackend(
         name,
         model_path=config.model_path,

@@ -8,10 +8,10 @@ phase (connect, between chunks = per read, pool, write); there is no total deadl
 
 Cancellation: the consumer stops iterating, and the response is closed at once, so Ollama stops
 generating. The exception is a cancel *before the first byte*: Ollama may still be loading the
-model, and a disconnect would make it throw the load away. So the request is sent from a task
-owned by :meth:`run`'s task group; a consumer that gives up before the first byte leaves that
-task to wait for the first byte (the load is then done) and close the response. The next
-request finds the model warm.
+model, and a disconnect would make it throw the load away. So a consumer that gives up after the
+request was sent but before the response head hands the connection to a task of :meth:`run`'s
+task group, which waits for the head (the load is then done) and closes it. The next request
+finds the model warm. No extra task runs on the normal path.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import msgspec
 
 from conductor_core.backends import BackendHealth, ChatRequest, Finish, Message
 from conductor_core import httpclient
-from conductor_core.errors import BackendError, BackendUnavailable, ModelNotFound, StreamFailed
+from conductor_core.errors import BackendError, ModelNotFound, StreamFailed
 
 from .host import resolve_url
 from .mapping import error_from_status, error_from_transport, error_message
@@ -78,18 +78,6 @@ _show_decoder = msgspec.json.Decoder(_Show)
 _load_decoder = msgspec.json.Decoder(_LoadReply)
 _JSON = {"Content-Type": "application/json"}
 DRAIN_S = 1.0  # how long to wait for the end of the body after the done line
-
-
-class _Handoff:
-    """The first-byte wait, shared between a consumer and the task that sends the request."""
-
-    __slots__ = ("ready", "response", "error", "abandoned")
-
-    def __init__(self) -> None:
-        self.ready = anyio.Event()
-        self.response: httpclient.Response | None = None
-        self.error: BaseException | None = None
-        self.abandoned = False
 
 
 class OllamaBackend:
@@ -245,48 +233,23 @@ class OllamaBackend:
         return None
 
     async def _open(self, body: bytes, model: str) -> httpclient.Response:
-        """Send the request and return the 200 response once its first byte arrived."""
-        request = body
-        tg = self._tg
-        if tg is None:  # run() not started (a bare backend in a script): no load protection
-            return await self._send(request, model)
-        handoff = _Handoff()
-        tg.start_soon(self._send_for, request, model, handoff)
-        try:
-            await handoff.ready.wait()
-        except BaseException:
-            handoff.abandoned = True
-            if handoff.response is not None:  # it arrived just as we were cancelled
-                with anyio.CancelScope(shield=True):
-                    await handoff.response.aclose()
-            raise
-        if handoff.error is not None:
-            raise handoff.error
-        assert handoff.response is not None
-        return handoff.response
+        """Send the request and return the 200 response once its head arrived."""
+        return await self._send(body, model, on_abandon=self._keep_load if self._tg is not None else None)
 
-    async def _send_for(self, request: bytes, model: str, handoff: _Handoff) -> None:
-        try:
-            handoff.response = await self._send(request, model)
-        except BackendError as exc:
-            handoff.error = exc
-        except Exception as exc:  # a bug must not take the backend's task group down
-            log.exception("%s: unexpected error sending a chat request", self.name)
-            handoff.error = BackendError(f"unexpected error talking to Ollama: {type(exc).__name__}", backend=self.name, model=model)
-        except BaseException:  # cancelled: the backend is shutting down
-            handoff.error = BackendUnavailable(f"the {self.name} backend is shutting down", backend=self.name, model=model)
-            raise
-        finally:
-            handoff.ready.set()
-        if handoff.abandoned and handoff.response is not None:
-            # The consumer left while Ollama was loading; the first byte means the load is done.
+    def _keep_load(self, abandoned: httpclient.Abandoned) -> None:
+        """The consumer left before the first byte: Ollama may be loading the model, and closing
+        the connection now would throw the load away. Wait for the head in the background."""
+        assert self._tg is not None
+        self._tg.start_soon(self._finish_abandoned, abandoned)
+
+    async def _finish_abandoned(self, abandoned: httpclient.Abandoned) -> None:
+        if await abandoned.wait_head() is not None:
             self.loads_kept += 1
-            log.debug("%s: kept the load of %s for a request cancelled before its first byte", self.name, model)
-            await handoff.response.aclose()
+            log.debug("%s: kept a model load for a request cancelled before its first byte", self.name)
 
-    async def _send(self, body: bytes, model: str) -> httpclient.Response:
+    async def _send(self, body: bytes, model: str, on_abandon=None) -> httpclient.Response:
         try:
-            response = await self._client.request("POST", "/api/chat", body, _JSON)
+            response = await self._client.request("POST", "/api/chat", body, _JSON, on_abandon=on_abandon)
         except httpclient.HTTPError as exc:
             raise error_from_transport(
                 exc, url=self.url, model=model, backend=self.name, started=False, between_chunks=self._between_chunks

@@ -24,7 +24,7 @@ from conductor_core.backends import BackendHealth, ChatRequest, Finish, Timeouts
 from conductor_core.errors import BackendBadRequest, BackendError, BackendUnavailable, StreamFailed
 
 from .errors import error_from_status, error_message, map_transport_errors
-from .sse import SSEParser, StreamChunk, chunk_decoder
+from .sse import SSEError, SSEParser, StreamChunk, chunk_decoder
 
 __all__ = ["OpenAICompatBackend", "build_body"]
 
@@ -219,7 +219,11 @@ class OpenAICompatBackend:
                 parser = SSEParser()
                 async with aclosing(response.aiter_bytes()) as chunks:
                     async for raw in chunks:
-                        for event in parser.feed(raw):
+                        try:
+                            events = parser.feed(raw)
+                        except SSEError as exc:  # an oversize line or event: not a usable stream
+                            raise StreamFailed(f"{self.name}: malformed event stream: {exc}", backend=self.name, model=model) from None
+                        for event in events:
                             text = state.handle(event.event, event.data, self.name)
                             if text:
                                 started[0] = True
@@ -234,7 +238,10 @@ class OpenAICompatBackend:
                                     pass
                             break
                     else:
-                        tail = parser.close()
+                        try:
+                            tail = parser.close()
+                        except SSEError as exc:
+                            raise StreamFailed(f"{self.name}: malformed event stream: {exc}", backend=self.name, model=model) from None
                         if tail is not None:
                             state.handle(tail.event, tail.data, self.name)
         if not (state.done or state.finish_reason):
@@ -256,7 +263,7 @@ class OpenAICompatBackend:
             )
         try:
             listing = _models_decoder.decode(response.content)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
             raise BackendError(f"{self.name}: unexpected /models answer: {exc}", backend=self.name) from None
         return [m.id for m in listing.data]
 
@@ -277,7 +284,7 @@ class OpenAICompatBackend:
         content = await self.get_bytes(url)
         try:
             return msgspec.json.decode(content)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise BackendError(f"{self.name}: {url} did not answer JSON: {exc}", backend=self.name) from None
 
     async def health(self) -> BackendHealth:
@@ -376,7 +383,7 @@ class _StreamState:
             return None
         try:
             chunk: StreamChunk = chunk_decoder.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
             shown = data[:200].decode("utf-8", "replace")
             raise StreamFailed(f"{backend}: malformed event from the server ({exc}): {shown!r}",
                                backend=backend, model=self.model) from None

@@ -37,7 +37,7 @@ def error_message(body: bytes) -> str:
     """The server's own words from an error body, whatever shape it has; never empty."""
     try:
         envelope = error_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         text = body.decode("utf-8", "replace").strip()
         return text[:_MAX_QUOTE] or "(empty body)"
     err = envelope.error
@@ -54,7 +54,7 @@ def error_message(body: bytes) -> str:
 def _error_code(body: bytes) -> str:
     try:
         err = error_decoder.decode(body).error
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         return ""
     if isinstance(err, ErrorBody):
         return f"{err.code or ''} {err.type or ''}".lower()

@@ -18,13 +18,14 @@ Example ``conductor.toml``::
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from conductor_core.backends import Timeouts
 from conductor_core.hookspecs import hookimpl
 
-from .backend import OpenAICompatBackend, api_key_from
+if TYPE_CHECKING:  # the backend (and httpx) load only when an instance is built: start-up time
+    from .backend import OpenAICompatBackend
 
 __all__ = ["OpenAIConfig", "conductor_register_backends", "make_backend"]
 
@@ -61,6 +62,8 @@ class OpenAIConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 def make_backend(name: str, config: OpenAIConfig) -> OpenAICompatBackend:
     """The registered factory: one configured instance."""
+    from .backend import OpenAICompatBackend, api_key_from
+
     key = api_key_from(config.api_key, config.api_key_env)
     if config.api_key_env and not key:
         log.warning("backends.%s: api_key_env names %s, which is not set: requests go without a key",

@@ -32,6 +32,8 @@ __all__ = [
 ]
 
 _BOM = b"\xef\xbb\xbf"
+MAX_LINE_BYTES = 4 << 20  # one line without its ending
+MAX_EVENT_BYTES = 16 << 20  # one event's joined data lines (endless "data:" lines, no blank line)
 
 
 class SSEError(ValueError):
@@ -54,10 +56,12 @@ class SSEParser:
     [SSEEvent(data=b'{"a": 1}', event='message', id=None)]
     """
 
-    __slots__ = ("_buffer", "_data", "_event", "_id", "_skip_lf", "_started", "max_line_bytes")
+    __slots__ = ("_buffer", "_data", "_data_bytes", "_event", "_id", "_skip_lf", "_started", "max_event_bytes", "max_line_bytes")
 
-    def __init__(self, *, max_line_bytes: int = 4 << 20) -> None:
+    def __init__(self, *, max_line_bytes: int = MAX_LINE_BYTES, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self.max_line_bytes = max_line_bytes
+        self.max_event_bytes = max_event_bytes  # data lines of one event, before its blank line
+        self._data_bytes = 0
         self._buffer = b""
         self._data: list[bytes] = []
         self._event = ""
@@ -118,6 +122,9 @@ class SSEParser:
         if sep and value[:1] == b" ":
             value = value[1:]
         if name == b"data":
+            self._data_bytes += len(value) + 1
+            if self._data_bytes > self.max_event_bytes:
+                raise SSEError(f"event-stream event longer than {self.max_event_bytes} bytes")
             self._data.append(value)
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
@@ -132,6 +139,7 @@ class SSEParser:
         data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
         event = SSEEvent(data, self._event or "message", self._id)
         self._data = []
+        self._data_bytes = 0
         self._event = ""
         return event
 
