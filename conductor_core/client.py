@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
+import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -63,6 +66,7 @@ from .protocol import (
 )
 
 __all__ = [
+    "Backoff",
     "ChatStream",
     "Client",
     "ClientChannel",
@@ -138,7 +142,7 @@ class UnixClientChannel:
         payload = self._pending.popleft()
         try:
             return decode_server(payload, self.codec)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise ClientError("bad_reply", f"undecodable message from the conductor: {exc}") from exc
 
     async def aclose(self) -> None:
@@ -420,6 +424,28 @@ class Client:
         return reply.messages
 
 
+@dataclass(frozen=True)
+class Backoff:
+    """How :func:`connect_unix` retries a connect that finds no conductor (``retry=Backoff()``).
+
+    Waits grow from ``initial_s`` by ``factor`` up to ``max_s``, each with full jitter (a random
+    fraction of the step, so a hundred surfaces restarting together do not knock in step), until
+    ``total_s`` has passed; then the last error (:class:`ConductorNotRunning`) is raised.
+    ``permission_denied`` is never retried: waiting does not fix it.
+    """
+
+    initial_s: float = 0.05
+    max_s: float = 2.0
+    factor: float = 2.0
+    total_s: float = 30.0
+
+    def delays(self) -> Iterator[float]:
+        step = self.initial_s
+        while True:
+            yield random.uniform(step / 2, step)
+            step = min(self.max_s, step * self.factor)
+
+
 async def _read_token(path: Path) -> str | None:
     try:
         return (await anyio.Path(path).read_text(encoding="utf-8")).strip() or None
@@ -434,16 +460,42 @@ def connect_unix(
     surface: str = "python",
     capabilities: Sequence[str] = (),
     codec: Codec = "msgpack",
+    retry: Backoff | None = None,
 ) -> Client:
     """A :class:`Client` for the conductor's Unix socket; use it with ``async with``.
 
     ``path`` defaults to ``$CONDUCTOR_SOCKET``, else the default socket path. When ``token`` is
     None and a token file exists next to the socket (the server runs with ``auth = "token"``),
-    its token is sent in ``hello``. Raises :class:`ConductorNotRunning` when no one listens.
+    its token is sent in ``hello``. Raises :class:`ConductorNotRunning` when no one listens,
+    unless ``retry`` is given: then the connect is retried with that :class:`Backoff` (a
+    conductor restarting, or replacing the stale socket of one that was killed).
+
+    A client is one connection: when it ends (``connection_closed``, ``shutting_down``), replies
+    in flight fail and the session's history is gone with it. To reconnect, enter a new
+    ``connect_unix(..., retry=Backoff())`` and resend what did not finish::
+
+        while True:
+            try:
+                async with connect_unix(retry=Backoff()) as client:
+                    ...
+            except ClientError as exc:
+                if exc.code not in ("connection_closed", "shutting_down"):
+                    raise
     """
     sock = socket_path(path)
 
     async def connect() -> ClientChannel:
+        delays = retry.delays() if retry is not None else None
+        deadline = time.monotonic() + (retry.total_s if retry is not None else 0.0)
+        while True:
+            try:
+                return await connect_once()
+            except ConductorNotRunning:
+                if delays is None or time.monotonic() >= deadline:
+                    raise
+            await anyio.sleep(min(next(delays), max(0.0, deadline - time.monotonic())))
+
+    async def connect_once() -> ClientChannel:
         try:
             stream = await anyio.connect_unix(sock)
         except (FileNotFoundError, ConnectionRefusedError):

@@ -65,6 +65,7 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class HistoryConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_messages: NonNegative = 40  # history window sent to the backend (system prompt not counted)
     max_conversations: AtLeastOne = 64  # per session
+    max_stored_messages: AtLeastOne = 1000  # kept per conversation (oldest dropped); bounds a long-lived connection
 
 
 class AvatarConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -105,7 +105,12 @@ class Connection:
         limits = conductor.config.limits
         self.limits = limits
         self.outbox = Outbox(limits.max_pending_bytes)
-        self.session = Session(system=conductor.config.system_prompt, max_conversations=conductor.config.history.max_conversations)
+        history = conductor.config.history
+        self.session = Session(
+            system=conductor.config.system_prompt,
+            max_conversations=history.max_conversations,
+            max_stored_messages=history.max_stored_messages,
+        )
         self.chats: dict[str, _ChatTask] = {}
         self.hello: Hello | None = None
         self.wants_state = False

@@ -7,6 +7,7 @@ starts after the transports accept connections.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -199,6 +200,7 @@ class Conductor:
             router=self.router.name,
             transports=list(self.transports),
             avatar_cache=self.avatar_cache.stats() if self.avatar_cache is not None else None,
+            tasks=_task_count(),
         )
 
     async def _call_lifecycle(self, hook: str) -> None:
@@ -218,6 +220,14 @@ class Conductor:
 
     def __repr__(self) -> str:
         return f"<Conductor backends={list(self.backends)} connections={len(self.connections)} active_chats={self.active_chats}>"
+
+
+def _task_count() -> int | None:
+    """Tasks alive on the event loop (asyncio only), so a soak can see a task leak from outside."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # not running on asyncio (trio)
+        return None
 
 
 def _build(spec: ComponentSpec, kind: str) -> Any:

@@ -205,6 +205,7 @@ class StatusReply(_Msg, tag="status"):
     router: str
     transports: list[str]
     avatar_cache: AvatarCacheStats | None = None
+    tasks: int | None = None  # event-loop tasks alive in the conductor (for leak checks), when known
 
 
 class HistoryMessage(msgspec.Struct, omit_defaults=True):
@@ -296,6 +297,8 @@ def decode_client(data: bytes, codec: Codec = "msgpack") -> ClientMessage:
         raise BadMessage(f"invalid message: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise BadMessage(f"undecodable {codec} payload: {exc}") from exc
+    except UnicodeDecodeError as exc:  # msgspec raises this, not DecodeError, for a string that is not UTF-8
+        raise BadMessage(f"undecodable {codec} payload: a string is not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
     except RecursionError as exc:  # msgspec's guard against deeply nested input
         raise BadMessage(f"undecodable {codec} payload: nested too deeply") from exc
 

@@ -16,11 +16,12 @@ __all__ = ["Conversation", "Session"]
 
 
 class Conversation:
-    __slots__ = ("name", "messages", "system", "active")
+    __slots__ = ("name", "messages", "system", "active", "max_messages")
 
-    def __init__(self, name: str, system: str | None) -> None:
+    def __init__(self, name: str, system: str | None, max_messages: int = 1000) -> None:
         self.name = name
         self.messages: list[HistoryMessage] = []
+        self.max_messages = max_messages  # stored history bound: the oldest turns are dropped
         self.system = system
         self.active: str | None = None  # id of the chat streaming into it, if any
 
@@ -38,18 +39,23 @@ class Conversation:
     def record(self, content: str, reply: str, *, interrupted: bool) -> None:
         self.messages.append(HistoryMessage("user", content))
         self.messages.append(HistoryMessage("assistant", reply, interrupted))
+        excess = len(self.messages) - self.max_messages
+        if excess > 0:  # drop whole turns (user + assistant) from the front
+            del self.messages[: excess + (excess & 1)]
 
     def __repr__(self) -> str:
         return f"<Conversation {self.name!r} messages={len(self.messages)} active={self.active!r}>"
 
 
 class Session:
-    """A connection's conversations. ``max_conversations`` bounds memory per connection."""
+    """A connection's conversations. ``max_conversations`` and ``max_stored_messages`` (per
+    conversation) bound memory per connection."""
 
-    def __init__(self, *, system: str | None, max_conversations: int) -> None:
+    def __init__(self, *, system: str | None, max_conversations: int, max_stored_messages: int = 1000) -> None:
         self.id = secrets.token_hex(8)
         self.system = system
         self.max_conversations = max_conversations
+        self.max_stored_messages = max_stored_messages
         self.conversations: dict[str, Conversation] = {}
 
     def conversation(self, name: str, *, create: bool = True) -> Conversation | None:
@@ -60,7 +66,7 @@ class Session:
                     f"this session already has {self.max_conversations} conversations; "
                     "reuse one or reconnect for a fresh session"
                 )
-            conv = self.conversations[name] = Conversation(name, self.system)
+            conv = self.conversations[name] = Conversation(name, self.system, self.max_stored_messages)
         return conv
 
     def claim(self, conv: Conversation, chat_id: str) -> None:
