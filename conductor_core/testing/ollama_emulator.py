@@ -399,6 +399,10 @@ class OllamaEmulator:
         if ttft > 0:
             await anyio.sleep(ttft)
         started = time.perf_counter_ns()
+        # Tokens are due on a fixed schedule (like a model generating at its own pace), not
+        # `delay` after the previous write: a reader slowed by CPU contention must not make
+        # the emulator itself slower, or a benchmark would measure the emulator's drift.
+        due = anyio.current_time()
         for i, token in enumerate(gen.tokens):
             if i == fault.die_after:
                 raise DropConnection()
@@ -411,7 +415,9 @@ class OllamaEmulator:
             if i == fault.hang_after:
                 await self._hang()
             if i and delay > 0:
-                await anyio.sleep(delay)
+                due += delay
+                wait = due - anyio.current_time()
+                await anyio.sleep(wait if wait > 0 else 0)
             if writer is not None:
                 if i == 0:
                     self.stats.streams_started += 1
