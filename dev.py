@@ -39,8 +39,8 @@ def plugin_dirs() -> list[Path]:
     return [d for d in dirs if (d / "pyproject.toml").exists()]
 
 
-def fingerprint(extras: str) -> str:
-    h = hashlib.sha256(extras.encode())
+def fingerprint() -> str:
+    h = hashlib.sha256()
     for path in [ROOT / "pyproject.toml", *(d / "pyproject.toml" for d in plugin_dirs())]:
         h.update(path.read_bytes())
     return h.hexdigest()
@@ -54,9 +54,12 @@ def install(extras: str = "") -> None:
     if sys.version_info < (3, 11):
         sys.exit(f"dev.py: Conductor needs Python >= 3.11; this is {sys.version.split()[0]}")
     stamp = VENV / ".conductor-install"
-    want = fingerprint(extras)
-    if stamp.exists() and stamp.read_text() == want and python().exists():
-        return
+    want = fingerprint()
+    wanted_extras = set(filter(None, extras.split(",")))
+    if stamp.exists() and python().exists():
+        done, _, had = stamp.read_text().partition("\n")
+        if done == want and wanted_extras <= set(filter(None, had.split(","))):
+            return  # `serve` after `test` must not reinstall
     if not python().exists():
         print(f"dev.py: creating {VENV}", file=sys.stderr)
         venv.EnvBuilder(with_pip=True).create(VENV)
@@ -66,7 +69,7 @@ def install(extras: str = "") -> None:
     print("dev.py: installing the kernel, plugins and examples (editable)", file=sys.stderr)
     run(*pip, "-e", kernel, *editable)
     run(*pip, "--no-deps", *NO_DEPS)
-    stamp.write_text(want)
+    stamp.write_text(want + "\n" + ",".join(sorted(wanted_extras)))
 
 
 def browser() -> None:
