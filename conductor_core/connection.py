@@ -119,11 +119,21 @@ class Connection:
         self._bucket = TokenBucket(limits.messages_per_second, limits.message_burst)
         self._ping_seq = 0
         self._unanswered = 0
-        self.closed = anyio.Event()
-        self._writer_done = anyio.Event()
+        # Events are made only when someone waits: an idle connection's memory is measured
+        # (each asyncio.Event carries a deque of ~600 bytes).
+        self._closed = False
+        self._closed_event: anyio.Event | None = None
+        self._writer_finished = False
+        self._writer_done: anyio.Event | None = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.channel.peer} session={self.session.id} chats={len(self.chats)}>"
+
+    async def wait_closed(self) -> None:
+        if not self._closed:
+            if self._closed_event is None:
+                self._closed_event = anyio.Event()
+            await self._closed_event.wait()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -139,7 +149,9 @@ class Connection:
         finally:
             if self.avatar is not None:
                 self.avatar.close()
-            self.closed.set()
+            self._closed = True
+            if self._closed_event is not None:
+                self._closed_event.set()
             with anyio.move_on_after(1, shield=True):
                 await self.channel.aclose()
 
@@ -149,7 +161,9 @@ class Connection:
             chat.scope.cancel()
         self.outbox.close()
         with anyio.move_on_after(1):
-            await self._writer_done.wait()
+            if not self._writer_finished:
+                self._writer_done = anyio.Event()
+                await self._writer_done.wait()
         self._tg.cancel_scope.cancel()
 
     def close(self, error: ConductorError | None = None) -> None:
@@ -176,7 +190,9 @@ class Connection:
         except OSError:
             self._scope.cancel()
         finally:
-            self._writer_done.set()
+            self._writer_finished = True
+            if self._writer_done is not None:
+                self._writer_done.set()
 
     # ------------------------------------------------------------------ input
 

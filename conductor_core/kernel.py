@@ -128,7 +128,7 @@ class Conductor:
             conn.close(error)
         with anyio.move_on_after(2):
             for conn in list(self.connections):
-                await conn.closed.wait()
+                await conn.wait_closed()
 
     def chat_finished(self) -> None:
         if self.active_chats == 0:

@@ -8,8 +8,6 @@ text waits unsent the connection is declared too slow (the caller closes it with
 
 from __future__ import annotations
 
-from collections import deque
-
 import anyio
 
 from .protocol import ServerMessage, Token
@@ -36,9 +34,9 @@ class Outbox:
 
     def __init__(self, max_pending_bytes: int = 1 << 20) -> None:
         self.max_pending_bytes = max_pending_bytes
-        self._items: deque[ServerMessage | _Run] = deque()
+        self._items: list[ServerMessage | _Run] = []  # a list: 56 bytes idle, a deque ~600
         self._pending = 0
-        self._wakeup = anyio.Event()
+        self._wakeup: anyio.Event | None = None
         self._waiting = False
         self.closed = False
         self.sent_batches = 0
@@ -80,7 +78,7 @@ class Outbox:
             self._wakeup = anyio.Event()
             self._waiting = True
             await self._wakeup.wait()
-        items, self._items = self._items, deque()
+        items, self._items = self._items, []
         self._pending = 0
         self.sent_batches += 1
         return [Token(m.id, m.parts[0] if len(m.parts) == 1 else "".join(m.parts)) if type(m) is _Run else m for m in items]
@@ -89,7 +87,8 @@ class Outbox:
         """No more messages; ``take`` drains what is queued, then returns ``[]``."""
         self.closed = True
         self._waiting = False
-        self._wakeup.set()
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     @property
     def pending_bytes(self) -> int:

@@ -10,7 +10,6 @@ client's codec and a whole batch goes out in one socket write.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 
 import anyio
@@ -38,7 +37,7 @@ class UnixChannel:
         self.peer = peer
         self.codec: Codec | None = None  # decided by the first frame
         self._decoder = FrameDecoder(max_frame_bytes)
-        self._pending: deque[bytes] = deque()
+        self._pending: list[bytes] = []  # a list, not a deque: idle connections are measured
         self._head = bytearray()  # the first bytes received, until the codec is known
         self._closed = False
 
@@ -54,8 +53,8 @@ class UnixChannel:
             if self.codec is None:
                 self._sniff(data)
             self._decoder.receive_data(data)  # raises TooLarge on an oversized length prefix
-            self._pending.extend(self._decoder.events_received())
-        payload = self._pending.popleft()
+            self._pending = self._decoder.events_received()
+        payload = self._pending.pop(0)
         return decode_client(payload, self.codec or "msgpack")  # raises BadMessage
 
     def _sniff(self, data: bytes) -> None:
