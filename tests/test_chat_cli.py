@@ -69,6 +69,15 @@ async def test_escape_sequences_are_stripped(sock_path):
     assert result.stdout == b"safe and red\n"
 
 
+async def test_avatar_tags_split_across_tokens_never_reach_the_terminal(sock_path):
+    """The system we re-imagine leaked a tag split across two tokens into the text."""
+    async with serving(sock_path) as backend:
+        backend.push(Script(tokens=["Hi", " [yo", "lla:mo", "od hap", "py] there", " [yolla:wave]", "!"]))
+        result = await run_cli("chat", "--socket", str(sock_path), "hi")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"Hi  there !\n"  # exactly the text with the tags cut out
+
+
 async def test_not_running(sock_path):
     result = await run_cli("chat", "--socket", str(sock_path), "hello")
     assert result.returncode == 1
