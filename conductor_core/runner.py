@@ -8,7 +8,7 @@ import anyio
 
 from .kernel import Conductor
 
-__all__ = ["run_until_signalled"]
+__all__ = ["loop_options", "run_until_signalled"]
 
 
 async def _serve(conductor: Conductor) -> None:
@@ -27,11 +27,14 @@ async def _serve(conductor: Conductor) -> None:
             tg.cancel_scope.cancel()
 
 
-def run_until_signalled(conductor: Conductor) -> None:
+def loop_options() -> dict[str, bool]:
+    """anyio backend options: uvloop when it is installed (the `fast` extra), else asyncio's own."""
     try:
         import uvloop  # noqa: F401
-
-        options = {"use_uvloop": True}
     except ImportError:
-        options = {}
-    anyio.run(_serve, conductor, backend="asyncio", backend_options=options)
+        return {}
+    return {"use_uvloop": True}
+
+
+def run_until_signalled(conductor: Conductor) -> None:
+    anyio.run(_serve, conductor, backend="asyncio", backend_options=loop_options())

@@ -140,14 +140,10 @@ def main(argv: list[str] | None = None) -> None:
                 port = await tg.start(emu.serve)
                 print(f"flaky emulator {i} listening on http://127.0.0.1:{port}", flush=True)
 
-    try:
-        import uvloop  # noqa: F401
+    from conductor_core.runner import loop_options
 
-        options = {"use_uvloop": True}
-    except ImportError:
-        options = {}
     try:
-        anyio.run(run, backend="asyncio", backend_options=options)
+        anyio.run(run, backend="asyncio", backend_options=loop_options())
     except KeyboardInterrupt:
         pass
 

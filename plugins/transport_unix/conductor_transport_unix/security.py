@@ -20,6 +20,8 @@ from pathlib import Path
 import msgspec
 
 from conductor_core.errors import StartupError
+from conductor_core.privatefiles import FileIdentity as SocketIdentity
+from conductor_core.privatefiles import remove_if_ours, write_private_file
 
 __all__ = [
     "AlreadyRunning",
@@ -55,18 +57,6 @@ class PeerCredentials(msgspec.Struct, frozen=True):
     pid: int | None
     uid: int
     gid: int | None
-
-
-class SocketIdentity(msgspec.Struct, frozen=True):
-    """(device, inode) of a file we created, so shutdown never removes someone else's file."""
-
-    dev: int
-    ino: int
-
-    @classmethod
-    def of(cls, path: Path) -> SocketIdentity:
-        st = os.lstat(path)
-        return cls(st.st_dev, st.st_ino)
 
 
 def prepare_directory(directory: Path) -> None:
@@ -162,37 +152,10 @@ def bind_socket(path: Path, backlog: int) -> tuple[socket.socket, SocketIdentity
 
 
 def write_token_file(path: Path) -> tuple[str, SocketIdentity]:
-    """Write a fresh token (32 random bytes, hex) to ``path``, 0600, atomically.
-
-    The temporary file is created with O_EXCL and mode 0600 in the same directory, written,
-    fsynced and renamed over the old token, so a reader sees either the old file or the whole
-    new one, never a partial or readable-by-others one.
-    """
+    """Write a fresh token (32 random bytes, hex) to ``path``, 0600, atomically (a reader sees
+    either the old file or the whole new one, never a partial or readable-by-others one)."""
     token = secrets.token_hex(32)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        os.write(fd, token.encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return token, SocketIdentity.of(path)
-
-
-def remove_if_ours(path: Path, identity: SocketIdentity | None) -> None:
-    """Unlink ``path`` only if it is still the file we created (never a successor's)."""
-    if identity is None:
-        return
-    try:
-        if SocketIdentity.of(path) == identity:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
+    return token, write_private_file(path, token)
 
 
 def peer_credentials(sock: socket.socket) -> PeerCredentials:

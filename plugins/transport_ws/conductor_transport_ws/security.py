@@ -27,7 +27,7 @@ import stat
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import msgspec
+from conductor_core.privatefiles import FileIdentity, remove_if_ours, write_private_file
 
 __all__ = [
     "LOCAL_HOST_NAMES",
@@ -179,18 +179,6 @@ class TokenFileError(Exception):
     """The token file cannot be written safely; the message says why and what to do."""
 
 
-class FileIdentity(msgspec.Struct, frozen=True):
-    """(device, inode) of the file we wrote, so shutdown never removes someone else's file."""
-
-    dev: int
-    ino: int
-
-    @classmethod
-    def of(cls, path: Path) -> FileIdentity:
-        st = os.lstat(path)
-        return cls(st.st_dev, st.st_ino)
-
-
 def _prepare_directory(directory: Path) -> None:
     """Create the directory 0700, or check that an existing one is ours and private."""
     try:
@@ -212,30 +200,7 @@ def _prepare_directory(directory: Path) -> None:
 
 
 def write_token_file(path: Path, token: str) -> FileIdentity:
-    """Write ``token`` to ``path`` with mode 0600 from its first instant, atomically (O_EXCL
-    temporary file in the same directory, fsync, rename)."""
+    """Write ``token`` to ``path`` with mode 0600 from its first instant, atomically, in a
+    directory that is checked to be ours and private."""
     _prepare_directory(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        os.write(fd, token.encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return FileIdentity.of(path)
-
-
-def remove_if_ours(path: Path, identity: FileIdentity | None) -> None:
-    """Unlink ``path`` only if it is still the file we wrote (never a successor's)."""
-    if identity is None:
-        return
-    try:
-        if FileIdentity.of(path) == identity:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
+    return write_private_file(path, token)
