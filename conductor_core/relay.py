@@ -1,6 +1,6 @@
 """The hot path: one chat from backend stream to the surface's outbox.
 
-Per token this does one type check, one list append and one ``Outbox.put_token`` (a deque
+Per token this does one type check, one list append and one ``Outbox.put_token`` (a list
 append, or a list append when the previous token is still unsent). No pluggy call, no
 allocation beyond the text, no await other than the backend's own. Before the first token
 reaches the client a failing backend is replaced by the router's next candidate; after it,
@@ -58,6 +58,52 @@ def _retry_elsewhere(exc: BaseException) -> bool:
     )
 
 
+class _Stream:
+    """One reply's per-token work, shared by every attempt: text to the outbox, avatar tags
+    out of the text, the first-token moment, the per-reply cap."""
+
+    __slots__ = ("chat_id", "put_token", "reply", "avatar", "on_avatar", "on_first_token", "max_pieces")
+
+    def __init__(self, chat_id, outbox, reply, avatar, on_avatar, on_first_token, max_pieces) -> None:
+        self.chat_id, self.put_token, self.reply = chat_id, outbox.put_token, reply
+        self.avatar, self.on_avatar, self.on_first_token = avatar, on_avatar, on_first_token
+        self.max_pieces = max_pieces
+
+    async def attempt(self, router: Router, backend, request: ChatRequest) -> Finish | None:
+        """Stream one backend's reply; returns its Finish (None if the stream had none)."""
+        chat_id, put_token, reply, avatar = self.chat_id, self.put_token, self.reply, self.avatar
+        parts, max_pieces = reply.parts, self.max_pieces
+        finish: Finish | None = None
+        async with router.attempt(backend), aclosing(backend.chat(request)) as stream:
+            async for item in stream:
+                if type(item) is str:
+                    if not item:
+                        continue
+                    if reply.first_token_at is None:
+                        reply.first_token_at = time.perf_counter()
+                        if self.on_first_token is not None:
+                            self.on_first_token()
+                    if avatar is not None and (avatar.held or "[" in item):
+                        _emit(avatar.feed(item), chat_id, parts, put_token, self.on_avatar)
+                        continue
+                    parts.append(item)
+                    put_token(chat_id, item)
+                    if len(parts) > max_pieces:
+                        raise StreamFailed(
+                            f"backend {backend.name!r} sent more than {max_pieces} pieces in one reply; "
+                            "cut (limits.max_reply_pieces)",
+                            backend=backend.name,
+                        )
+                else:
+                    finish = item
+        return finish
+
+    def flush_avatar(self) -> None:
+        """An unfinished tag at the end of a stream (or at a cut) is text after all."""
+        if self.avatar is not None:
+            _emit(self.avatar.end(), self.chat_id, self.reply.parts, self.put_token, self.on_avatar)
+
+
 async def relay_chat(
     *,
     chat_id: str,
@@ -84,37 +130,15 @@ async def relay_chat(
             f"no configured backend serves model {request.model!r}"
             + (f" (available: {', '.join(known)})" if known else "")
         )
-    put_token = outbox.put_token
+    stream = _Stream(chat_id, outbox, reply, avatar, on_avatar, on_first_token, max_pieces)
     parts = reply.parts
     last_error: BaseException | None = None
     attempts = 0
     for backend, model in candidates[:MAX_ATTEMPTS]:
         attempts += 1
-        finish: Finish | None = None
         attempt_request = request if model == request.model else msgspec.structs.replace(request, model=model)
         try:
-            async with router.attempt(backend), aclosing(backend.chat(attempt_request)) as stream:
-                async for item in stream:
-                    if type(item) is str:
-                        if not item:
-                            continue
-                        if reply.first_token_at is None:
-                            reply.first_token_at = time.perf_counter()
-                            if on_first_token is not None:
-                                on_first_token()
-                        if avatar is not None and (avatar.held or "[" in item):
-                            _emit(avatar.feed(item), chat_id, parts, put_token, on_avatar)
-                            continue
-                        parts.append(item)
-                        put_token(chat_id, item)
-                        if len(parts) > max_pieces:
-                            raise StreamFailed(
-                                f"backend {backend.name!r} sent more than {max_pieces} pieces in one reply; "
-                                "cut (limits.max_reply_pieces)",
-                                backend=backend.name,
-                            )
-                    else:
-                        finish = item
+            finish = await stream.attempt(router, backend, attempt_request)
         except ConductorError as exc:
             if isinstance(exc, Overloaded) and not isinstance(exc, BackendError):
                 last_error = exc  # this backend is full: try the next one
@@ -123,15 +147,13 @@ async def relay_chat(
                 exc.backend = backend.name
             router.report(Outcome(backend.name, request.model, exc, first_token_sent=bool(parts)))
             if parts or not _retry_elsewhere(exc):
-                if avatar is not None:  # an unfinished tag at the cut is text
-                    _emit(avatar.end(), chat_id, parts, put_token, on_avatar)
+                stream.flush_avatar()
                 raise
             if avatar is not None:
                 avatar.discard()
             last_error = exc
             continue
-        if avatar is not None:
-            _emit(avatar.end(), chat_id, parts, put_token, on_avatar)
+        stream.flush_avatar()
         if finish is None:
             exc = StreamFailed(f"backend {backend.name!r} ended the stream without a final message", backend=backend.name)
             router.report(Outcome(backend.name, request.model, exc, first_token_sent=bool(parts)))
