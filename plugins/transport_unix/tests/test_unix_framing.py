@@ -117,6 +117,9 @@ async def test_a_batch_goes_out_in_one_socket_write():
         async def send(self, data: bytes) -> None:
             self.writes.append(data)
 
+        def extra(self, attribute, default=None):
+            return default  # no raw socket: the channel must use send()
+
     stream = Recorder()
     channel = UnixChannel(stream, max_frame_bytes=MAX_FRAME, peer="test")
     batch = [Token("c1", "a"), Token("c1", "b"), Done("c1", Stats("fake", "m", 1.0, 2, 3.0, "stop"))]
@@ -125,3 +128,31 @@ async def test_a_batch_goes_out_in_one_socket_write():
     decoder = FrameDecoder()
     decoder.receive_data(stream.writes[0])
     assert [decode_server(f) for f in decoder.events_received()] == batch
+
+
+async def test_direct_socket_writes_keep_order_and_survive_a_full_socket(tmp_path):
+    """The channel writes straight to the socket and hands what did not fit to anyio's send:
+    a batch far larger than the socket buffer arrives whole and in order."""
+    from conductor_core.protocol import Token
+    from conductor_transport_unix.channel import UnixChannel
+
+    path = tmp_path / "s.sock"
+    listener = await anyio.create_unix_listener(path)
+    async with listener, await anyio.connect_unix(path) as client:
+        server_stream = await listener.accept()
+        async with server_stream:
+            channel = UnixChannel(server_stream, max_frame_bytes=MAX_FRAME, peer="test")
+            batches = [[Token("c1", f"{b}-{i}-" + "x" * 4000) for i in range(100)] for b in range(5)]
+            received = []
+
+            async def read_all():
+                decoder = FrameDecoder(max_size=1 << 24)
+                while len(received) < 500:
+                    decoder.receive_data(await client.receive())
+                    received.extend(decode_server(f) for f in decoder.events_received())
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read_all)
+                for batch in batches:
+                    await channel.send(batch)
+            assert received == [m for batch in batches for m in batch]
