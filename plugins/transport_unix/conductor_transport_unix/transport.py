@@ -73,11 +73,20 @@ class UnixTransport:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _start_files(self) -> Any:
+    def _start_files(self) -> tuple[Any, str | None]:
+        """Directory, then the token, then the socket: a client that can connect must never
+        find the token file of a previous (killed) conductor."""
         prepare_directory(self.path.parent)
         clear_stale_socket(self.path)
-        sock, self._socket_id = bind_socket(self.path, self.config.backlog)
-        return sock
+        token = None
+        if self.config.auth == "token":
+            token, self._token_id = write_token_file(self.token_path)
+        try:
+            sock, self._socket_id = bind_socket(self.path, self.config.backlog)
+        except BaseException:
+            self._remove_files()
+            raise
+        return sock, token
 
     def _remove_files(self) -> None:
         remove_if_ours(self.token_path, self._token_id)
@@ -85,17 +94,15 @@ class UnixTransport:
         self._token_id = self._socket_id = None
 
     async def serve(self, conductor: Any, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        limits = conductor.config.limits
         uids = self.config.allowed_uids
         allowed = frozenset([os.geteuid()] if uids is None else uids)
         try:
-            sock = await anyio.to_thread.run_sync(self._start_files)
+            sock, token = await anyio.to_thread.run_sync(self._start_files)
             listener = await anyio.abc.SocketListener.from_socket(sock)
             authenticate = None
-            if self.config.auth == "token":
+            if token is not None:
                 from conductor_core.connection import check_token
 
-                token, self._token_id = await anyio.to_thread.run_sync(write_token_file, self.token_path)
                 authenticate = check_token(token)
             async with anyio.create_task_group() as connections:
                 async with listener, anyio.create_task_group() as accepting:
