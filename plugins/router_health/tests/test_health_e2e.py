@@ -32,6 +32,14 @@ async def ask(client, chat_id, conversation=None, model="m"):
     return text, final
 
 
+async def probes_settled(router):
+    """The router probes every backend once at start-up, in the background; a test that counts
+    failures must not race that first (successful) probe."""
+    with anyio.fail_after(5):
+        while any(t.probing for t in router.trackers.values()):
+            await anyio.sleep(0.001)
+
+
 def fail_next(backend, exc):
     """The backend's next chat raises ``exc`` before any token (then it behaves again)."""
     chat = backend.chat
@@ -57,6 +65,7 @@ async def test_backend_killed_mid_run_breaker_opens_and_it_is_used_again_after_c
         a, b = (kernel.conductor.backends[n] for n in "ab")
         router = kernel.conductor.router
         await handshake(client)
+        await probes_settled(kernel.conductor.router)
         text, final = await ask(client, "1")
         assert text == "from a" and final.stats.backend == "a"
 
@@ -98,6 +107,7 @@ async def test_recovery_by_probe_after_cool_down(clock):
         a = kernel.conductor.backends["a"]
         router = kernel.conductor.router
         await handshake(client)
+        await probes_settled(kernel.conductor.router)
         a.down = True
         _, final = await ask(client, "1")
         assert final.stats.backend == "b" and router.trackers["a"].state == "down"
@@ -118,6 +128,7 @@ async def test_flapping_backend_loses_traffic_and_is_logged_once(clock, router_l
         a, b = (kernel.conductor.backends[n] for n in "ab")
         router = kernel.conductor.router
         await handshake(client)
+        await probes_settled(kernel.conductor.router)
         for i in range(4):  # a fails every other time it is asked
             a.push(Script(fail_before_first="unavailable"), Script())
         served = []
@@ -140,6 +151,7 @@ async def test_rate_limited_backend_cools_down_for_retry_after(clock):
         a = kernel.conductor.backends["a"]
         router = kernel.conductor.router
         await handshake(client)
+        await probes_settled(kernel.conductor.router)
         fail_next(a, BackendRateLimited("429 Too Many Requests", retry_after_ms=20_000))
         text, final = await ask(client, "1")
         assert text == "from b" and final.stats.attempts == 2  # fell back at once
@@ -160,6 +172,7 @@ async def test_rate_limit_without_retry_after_uses_the_default_cool_down(clock):
     async with running_conductor(cfg) as kernel, kernel.connect() as client:
         a = kernel.conductor.backends["a"]
         await handshake(client)
+        await probes_settled(kernel.conductor.router)
         fail_next(a, BackendRateLimited("429"))
         await ask(client, "1")
         assert kernel.conductor.router.status()["a"]["cooldown_s"] == 7
@@ -169,6 +182,7 @@ async def test_slow_backend_loses_traffic_to_a_fast_one(clock):
     cfg = config("slow", "fast", slow={"ttft_ms": 40})
     async with running_conductor(cfg) as kernel, kernel.connect() as client:
         await handshake(client)
+        await probes_settled(kernel.conductor.router)
         served = [(await ask(client, f"c{i}"))[1].stats.backend for i in range(6)]
         assert served[:2] == ["slow", "fast"]  # each tried once (no TTFT yet counts as fast)
         assert served[2:] == ["fast"] * 4
@@ -190,6 +204,7 @@ async def test_backend_with_the_model_loaded_is_preferred(clock):
         hot.loaded_models = m_loaded
         await kernel.conductor.router.probe_now()
         await handshake(client)
+        await probes_settled(kernel.conductor.router)
         _, final = await ask(client, "1")
         assert final.stats.backend == "hot"
         assert kernel.conductor.router.status()["hot"]["loaded_models"] == ["m"]
@@ -199,6 +214,7 @@ async def test_conversation_stays_on_its_backend_while_healthy(clock):
     async with running_conductor(config("a", "b")) as kernel, kernel.connect() as client:
         a, b = (kernel.conductor.backends[n] for n in "ab")
         await handshake(client)
+        await probes_settled(kernel.conductor.router)
         a.push(Script(ttft=0.03))
         _, first = await ask(client, "x1", conversation="x")
         assert first.stats.backend == "a"
@@ -222,6 +238,7 @@ async def test_all_unhealthy_are_still_tried_and_total_failure_is_explained(cloc
     async with running_conductor(cfg) as kernel, kernel.connect() as client:
         a, b = (kernel.conductor.backends[n] for n in "ab")
         await handshake(client)
+        await probes_settled(kernel.conductor.router)
         a.down = b.down = True
         _, final = await ask(client, "1")
         assert isinstance(final, Error) and final.code == ErrorCode.BACKEND_UNAVAILABLE and final.retryable
@@ -298,6 +315,7 @@ async def test_failure_after_first_token_is_an_error_without_duplicated_text(clo
     async with running_conductor(config("a", "b")) as kernel, kernel.connect() as client:
         a, b = (kernel.conductor.backends[n] for n in "ab")
         await handshake(client)
+        await probes_settled(kernel.conductor.router)
         a.push(Script(tokens=list("abcdef"), fail_after=3))
         text, final = await ask(client, "c")
         assert isinstance(final, Error) and final.code == ErrorCode.BACKEND_ERROR
@@ -320,6 +338,7 @@ async def test_logical_model_name_through_the_kernel(clock):
     async with running_conductor(cfg) as kernel, kernel.connect() as client:
         local, embedded = (kernel.conductor.backends[n] for n in ("local", "embedded"))
         await handshake(client)
+        await probes_settled(kernel.conductor.router)
         text, final = await ask(client, "1", model="fast")
         assert text == "from local" and final.stats.model == "llama3.2:3b"
         assert local.requests_seen[-1].model == "llama3.2:3b"
