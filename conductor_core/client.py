@@ -38,7 +38,6 @@ import msgspec
 from .framing import FrameDecoder, encode_frame
 from .paths import socket_path, token_path
 from .protocol import (
-    PROTOCOL_VERSION,
     Cancel,
     Chat,
     ClientMessage,
@@ -53,8 +52,11 @@ from .protocol import (
     ModelInfo,
     ModelsReply,
     ModelsRequest,
+    PROTOCOL_VERSION,
     ServerMessage,
     ServerPing,
+    SpriteReply,
+    SpriteRequest,
     State,
     Stats,
     StatusReply,
@@ -352,7 +354,7 @@ class Client:
                             chat._fail(ClientError.from_wire(message))
                     case ServerPing(seq=seq):
                         await self.send(ClientPong(seq))
-                    case ModelsReply() | StatusReply() | HistoryReply():
+                    case ModelsReply() | StatusReply() | HistoryReply() | SpriteReply():
                         self._resolve(message)
                     case _:
                         pass  # pong, or a message this version does not know: ignore
@@ -418,6 +420,10 @@ class Client:
 
     async def status(self) -> StatusReply:
         return await self._request(StatusRequest(), StatusReply)
+
+    async def sprite(self, mood: str, size: str = "small", variant: int = 0) -> SpriteReply:
+        """The avatar's sprite for a mood and size (docs/avatar.md); errors raise ClientError."""
+        return await self._request(SpriteRequest(mood, size, variant), SpriteReply)
 
     async def history(self, conversation: str = "default") -> list[HistoryMessage]:
         reply: HistoryReply = await self._request(HistoryRequest(conversation), HistoryReply)
